@@ -1,0 +1,38 @@
+# `make bench` runs the benchmark on the embedded default data; `make test` runs the tests.
+# Both create and fill .venv themselves on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The torch builds that lie on this kind of machine's disk (see the project's README).
+ifeq ($(shell uname -m),aarch64)
+TORCH_PINS ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+endif
+
+.PHONY: install test bench bench-quick tutorials clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet $(TORCH_PINS)
+	$(BIN)/python -m pip install --quiet -e '.[test,tutorials]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m captum_paths.benchmark
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m captum_paths.benchmark --quick
+
+tutorials: $(STAMP)
+	$(BIN)/python -m captum_paths.benchmark.run_notebooks tutorials
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Shared internals of the attribution methods (not public API)."""

@@ -1,0 +1,169 @@
+"""The one module of captum_paths that touches Captum's private helpers.
+
+Captum moves and renames its private helpers between releases; every other module imports them from
+here, so a Captum release that breaks one of them breaks this file only. Supported: Captum 0.7, 0.8, 0.9.
+"""
+from typing import Any, Callable, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from captum._utils.common import (  # noqa: F401  (re-exported)
+    _expand_additional_forward_args,
+    _expand_target,
+    _format_additional_forward_args,
+    _format_output,
+    _format_tensor_into_tuples,
+    _is_tuple,
+    _run_forward,
+    _select_targets,
+)
+from captum._utils.gradient import compute_gradients  # noqa: F401  (re-exported)
+from captum.log import log_usage  # noqa: F401  (re-exported)
+
+TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
+
+__all__ = [
+    "compute_gradients",
+    "expand_additional_forward_args",
+    "expand_target",
+    "format_additional_forward_args",
+    "format_inputs",
+    "format_output",
+    "is_tuple",
+    "log_usage",
+    "run_forward",
+    "select_targets",
+    "forward_scores",
+    "gradients_and_scores",
+    "target_scores",
+]
+
+
+def is_tuple(inputs: Any) -> bool:
+    return _is_tuple(inputs)
+
+
+def format_inputs(inputs: TensorOrTuple, name: str = "inputs") -> Tuple[Tensor, ...]:
+    """Return ``inputs`` as a tuple of tensors, raising ``TypeError`` naming ``name`` otherwise."""
+    if isinstance(inputs, Tensor):
+        return (inputs,)
+    if isinstance(inputs, tuple) and len(inputs) > 0 and all(isinstance(t, Tensor) for t in inputs):
+        return inputs
+    raise TypeError(
+        f"`{name}` must be a torch.Tensor or a non-empty tuple of torch.Tensor, got {type(inputs).__name__}"
+    )
+
+
+def format_additional_forward_args(additional_forward_args: Any) -> Optional[Tuple]:
+    return _format_additional_forward_args(additional_forward_args)
+
+
+def expand_additional_forward_args(additional_forward_args: Any, n_steps: int) -> Any:
+    """Repeat every tensor argument ``n_steps`` times along dim 0 (repeat-whole-batch order)."""
+    if additional_forward_args is None:
+        return None
+    return _expand_additional_forward_args(additional_forward_args, n_steps)
+
+
+def expand_target(target: Any, n_steps: int) -> Any:
+    """Repeat ``target`` ``n_steps`` times (repeat-whole-batch order), any Captum target format."""
+    return _expand_target(target, n_steps)
+
+
+def format_output(is_inputs_tuple: bool, output: Tuple[Tensor, ...]) -> TensorOrTuple:
+    return _format_output(is_inputs_tuple, output)
+
+
+def run_forward(forward_func: Callable, inputs: Any, target: Any = None, additional_forward_args: Any = None):
+    return _run_forward(forward_func, inputs, target, additional_forward_args)
+
+
+def select_targets(output: Tensor, target: Any) -> Tensor:
+    return _select_targets(output, target)
+
+
+def _target_indices(target: Any) -> list:
+    """Every index a Captum target names, as tuples (one entry per output dimension after the batch)."""
+    if target is None:
+        return []
+    if isinstance(target, Tensor):
+        return [(int(t),) for t in target.reshape(-1).tolist()]
+    if isinstance(target, int):
+        return [(target,)]
+    if isinstance(target, tuple):
+        return [target]
+    if isinstance(target, list):
+        return [t if isinstance(t, tuple) else (t,) for t in target]
+    raise TypeError(
+        "`target` must be None, an int, a tuple, a tensor or a list of ints/tuples, "
+        f"got {type(target).__name__}"
+    )
+
+
+def target_scores(output: Tensor, target: Any, n_rows: int) -> Tensor:
+    """Select the target scores from a model output, with clear errors: shape ``(n_rows,)``.
+
+    Raises ``ValueError`` if ``target`` names an index outside the output, or if the selection does
+    not give exactly one score per example (a multi-output model called without ``target``).
+    """
+    if not isinstance(output, Tensor):
+        raise TypeError(f"the forward function must return a torch.Tensor, got {type(output).__name__}")
+    for idx in _target_indices(target):
+        if len(idx) > output.dim() - 1:
+            raise ValueError(
+                f"`target` {idx} has {len(idx)} indices but the model output of shape "
+                f"{tuple(output.shape)} has only {output.dim() - 1} dimension(s) after the batch"
+            )
+        for d, i in enumerate(idx):
+            if isinstance(i, int) and not -output.shape[d + 1] <= i < output.shape[d + 1]:
+                raise ValueError(
+                    f"`target` index {i} is out of range for model output of shape {tuple(output.shape)}"
+                )
+    scores = select_targets(output, target)
+    if scores.dim() == 0 or scores.shape[0] != n_rows or scores[0].numel() != 1:
+        raise ValueError(
+            "the forward function must return one score per example for the given `target` "
+            f"(expected {n_rows} scalars, got a tensor of shape {tuple(scores.shape)}); "
+            "pass `target` for multi-output models"
+        )
+    return scores.reshape(n_rows)
+
+
+def forward_scores(
+    forward_func: Callable,
+    inputs: Tuple[Tensor, ...],
+    target: Any = None,
+    additional_forward_args: Any = None,
+) -> Tensor:
+    """Target scores, one per example, without gradients: shape ``(N,)``."""
+    with torch.no_grad():
+        output = run_forward(forward_func, inputs, None, additional_forward_args)
+        return target_scores(output, target, inputs[0].shape[0])
+
+
+def gradients_and_scores(
+    gradient_func: Callable,
+    forward_func: Callable,
+    inputs: Tuple[Tensor, ...],
+    target: Any = None,
+    additional_forward_args: Any = None,
+) -> Tuple[Tuple[Tensor, ...], Tensor]:
+    """Gradients of the target score w.r.t. ``inputs`` and the scores themselves, in one pass.
+
+    ``gradient_func`` is the attribution's (swappable) ``self.gradient_func``. The forward function is
+    wrapped so that the output the gradient function computes anyway is recorded: the scores cost no
+    extra model evaluation. Returns ``(grads, scores)`` with ``scores`` of shape ``(N,)``, detached.
+    """
+    recorded = []
+
+    def recording_forward(*args):
+        out = forward_func(*args)
+        # validated here, before any backward pass, so a bad target fails with a clear error
+        recorded.append(target_scores(out, target, inputs[0].shape[0]).detach())
+        return out
+
+    grads = gradient_func(recording_forward, inputs, target, additional_forward_args)
+    if not recorded:  # a custom gradient_func that never called the forward function
+        return grads, forward_scores(forward_func, inputs, target, additional_forward_args)
+    return tuple(g.detach() for g in grads), recorded[-1]

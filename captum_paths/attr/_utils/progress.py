@@ -1,0 +1,34 @@
+"""Progress bars (tqdm directly: Captum's wrapper changed its signature in 0.9)."""
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+from tqdm.auto import tqdm
+
+__all__ = ["progress_bar", "chunk_slices"]
+
+
+@contextmanager
+def progress_bar(show_progress: bool, total: Optional[int] = None, desc: str = "", unit: str = "it") -> Iterator:
+    """A tqdm bar when ``show_progress``, otherwise an object whose ``update`` does nothing."""
+    if show_progress:
+        bar = tqdm(total=total, desc=desc, unit=unit, leave=False)
+        try:
+            yield bar
+        finally:
+            bar.close()
+    else:
+        yield _NoBar()
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, *args, **kwargs) -> None:
+        pass
+
+
+def chunk_slices(n: int, size: Optional[int]):
+    """Slices covering ``range(n)`` in chunks of at most ``size`` (all at once when ``size`` is None)."""
+    size = n if size is None or size >= n else size
+    return [slice(i, min(i + size, n)) for i in range(0, n, max(size, 1))]

@@ -1,0 +1,82 @@
+"""Argument checks shared by the methods and metrics: each raises a clear error naming the argument."""
+import math
+from numbers import Integral, Real
+from typing import Any, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_positive_int",
+    "check_nonnegative_int",
+    "check_positive_float",
+    "check_probability",
+    "check_finite_inputs",
+    "check_same_batch",
+    "check_internal_batch_size",
+    "check_generator",
+]
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+    return int(value)
+
+
+def check_nonnegative_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
+        raise ValueError(f"`{name}` must be a non-negative int, got {value!r}")
+    return int(value)
+
+
+def check_positive_float(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def check_probability(value: Any, name: str, low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` in [0, 1], with either end excluded on request."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}")
+    lo_ok = value > 0 if low_open else value >= 0
+    hi_ok = value < 1 if high_open else value <= 1
+    if not (lo_ok and hi_ok):
+        interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
+        raise ValueError(f"`{name}` must lie in {interval}, got {value!r}")
+    return float(value)
+
+
+def check_finite_inputs(inputs: Tuple[Tensor, ...], name: str = "inputs") -> None:
+    for i, x in enumerate(inputs):
+        if not (x.dtype.is_floating_point or x.dtype.is_complex):
+            raise TypeError(
+                f"`{name}`[{i}] must be a floating-point tensor (gradients are taken), got dtype {x.dtype}"
+            )
+        if not torch.isfinite(x).all():
+            raise ValueError(f"`{name}`[{i}] contains non-finite values (nan or inf)")
+
+
+def check_same_batch(inputs: Tuple[Tensor, ...], name: str = "inputs") -> int:
+    if any(x.dim() == 0 for x in inputs):
+        raise ValueError(f"`{name}` must have a batch dimension (dim 0), got a 0-d tensor")
+    n = inputs[0].shape[0]
+    if any(x.shape[0] != n for x in inputs):
+        raise ValueError(
+            f"every tensor in `{name}` must have the same batch size, got {[x.shape[0] for x in inputs]}"
+        )
+    return n
+
+
+def check_internal_batch_size(value: Any, name: str = "internal_batch_size") -> Optional[int]:
+    return None if value is None else check_positive_int(value, name)
+
+
+def check_generator(generator: Any, name: str = "generator") -> Optional[torch.Generator]:
+    """Accept ``None``, a ``torch.Generator`` or an int seed (turned into a fresh CPU generator)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, Integral) and not isinstance(generator, bool):
+        return torch.Generator().manual_seed(int(generator))
+    raise TypeError(f"`{name}` must be None, an int seed or a torch.Generator, got {type(generator).__name__}")
