@@ -32,7 +32,7 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m captum_paths.benchmark --quick
 
 tutorials: $(STAMP)
-	$(BIN)/python -m captum_paths.benchmark.run_notebooks tutorials
+	$(BIN)/python tutorials/run_tutorials.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
