@@ -20,3 +20,9 @@ __all__ = [
     "Zeros",
     "gaussian_blur",
 ]
+from captum_paths.attr._core.samp import SampAttribution, SampPath  # noqa: E402
+
+__all__ += ["SampAttribution", "SampPath"]
+from captum_paths.attr._core.geometrically_guided_ig import GeometricallyGuidedIG  # noqa: E402
+
+__all__ += ["GeometricallyGuidedIG"]

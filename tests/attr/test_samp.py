@@ -1,0 +1,290 @@
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from captum.attr import NoiseTunnel
+
+from captum_paths import GaussianBlur, SampAttribution
+from captum_paths.attr._core.samp import select_salient_groups
+from captum_paths.attr._utils.baselines import gaussian_blur
+
+
+def linear_model(weight):
+    """f(x) = <w, x> per example: every path method gives w * (x_end - x_start) exactly."""
+
+    def forward(x):
+        return (x * weight).flatten(1).sum(1)
+
+    return forward
+
+
+@pytest.fixture
+def linear_setup():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(1, 3, 6, 6, generator=g, dtype=torch.float64)
+    x = torch.rand(4, 3, 6, 6, generator=g, dtype=torch.float64)
+    return w, x
+
+
+def smooth_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.Softplus(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 3),
+    ).double().eval()
+
+
+# ----------------------------------------------------------------------------------- closed forms
+
+
+@pytest.mark.parametrize("momentum", [None, 0.5, 0.9])
+@pytest.mark.parametrize("eta", [None, 0.1, 0.02])
+def test_linear_model_gives_weight_times_displacement(linear_setup, eta, momentum):
+    w, x = linear_setup
+    samp = SampAttribution(linear_model(w))
+    blurred = gaussian_blur(x, 11, 5.0)
+    expected = {
+        "deletion": w * (x - 0.0),
+        "insertion": w * (x - blurred),
+        "both": w * x + w * (x - blurred),
+    }
+    for direction, want in expected.items():
+        attr, delta = samp.attribute(
+            x, direction=direction, eta=eta, momentum=momentum, step_size=5, return_convergence_delta=True
+        )
+        torch.testing.assert_close(attr, want, rtol=0, atol=1e-12)
+        assert delta.abs().max() < 1e-10
+
+
+def test_linear_model_with_baseline_tensor_and_custom_blur(linear_setup):
+    w, x = linear_setup
+    baseline = torch.full((3, 6, 6), 0.3, dtype=torch.float64)
+    attr = SampAttribution(linear_model(w)).attribute(
+        x, baselines=baseline, insertion_start=GaussianBlur(3, 1.0), step_size=0.1
+    )
+    torch.testing.assert_close(attr, w * (x - 0.3) + w * (x - gaussian_blur(x, 3, 1.0)), rtol=0, atol=1e-12)
+
+
+def test_tuple_inputs_and_additional_forward_args(linear_setup):
+    w, x = linear_setup
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(1, 5, generator=g, dtype=torch.float64)
+    z = torch.rand(4, 5, generator=g, dtype=torch.float64)
+    scale = torch.tensor([1.0, 2.0, -1.0, 0.5], dtype=torch.float64)
+
+    def forward(a, b, s, offset):
+        return s * ((a * w).flatten(1).sum(1) + (b * v).sum(1)) + offset
+
+    attr_x, attr_z = SampAttribution(forward).attribute(
+        (x, z), additional_forward_args=(scale, 3.0), direction="deletion", step_size=4
+    )
+    torch.testing.assert_close(attr_x, scale.view(-1, 1, 1, 1) * w * x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(attr_z, scale.view(-1, 1) * v * z, rtol=0, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------- completeness
+
+
+def test_completeness_on_smooth_cnn_shrinks_with_eta():
+    """Momentum off: |delta| / |F(end) - F(start)| is below 2% at eta=0.01 and shrinks with eta."""
+    model = smooth_cnn()
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    samp = SampAttribution(model)
+    out_x = model(x)[:, 1].detach()
+    out_base = model(torch.zeros_like(x))[:, 1].detach()
+    out_blur = model(gaussian_blur(x, 11, 5.0))[:, 1].detach()
+    difference = (2 * out_x - out_base - out_blur).abs()
+    errors = []
+    for eta in (0.1, 0.01):
+        attr, delta = samp.attribute(x, target=1, eta=eta, momentum=None, step_size=4, return_convergence_delta=True)
+        # the delta is exactly sum(attr) - expected output difference
+        torch.testing.assert_close(delta, attr.sum((1, 2, 3)) - (2 * out_x - out_base - out_blur))
+        errors.append(float((delta.abs() / difference).mean()))
+    assert errors[1] < 0.02
+    assert errors[1] < errors[0] / 3
+
+
+def test_convergence_delta_is_reported_honestly_with_momentum(digits, digits_cnn64):
+    x, y = digits.x_test[:3].double(), digits.y_test[:3]
+    samp = SampAttribution(digits_cnn64)
+    attr, delta = samp.attribute(x, target=y, return_convergence_delta=True)
+    with torch.no_grad():
+        f = lambda z: digits_cnn64(z).gather(1, y[:, None]).squeeze(1)  # noqa: E731
+        expected = 2 * f(x) - f(torch.zeros_like(x)) - f(gaussian_blur(x, 11, 5.0))
+    torch.testing.assert_close(delta, attr.sum((1, 2, 3)) - expected)
+
+
+# ----------------------------------------------------------------------------------- greedy order
+
+
+def test_select_salient_groups():
+    projection = torch.tensor([[3.0, -1.0, 5.0, -4.0, 0.5]])
+    unfinished = torch.tensor([[True, True, False, True, True]])
+    up = select_salient_groups(projection, unfinished, 2, largest=True)
+    down = select_salient_groups(projection, unfinished, 2, largest=False)
+    assert up.tolist() == [[True, False, False, False, True]]  # group 2 is finished: never re-picked
+    assert down.tolist() == [[False, True, False, True, False]]
+    few_left = select_salient_groups(projection, torch.tensor([[False, False, False, True, False]]), 3, True)
+    assert few_left.tolist() == [[False, False, False, True, False]]
+
+
+@pytest.mark.parametrize("direction", ["deletion", "insertion"])
+def test_first_step_moves_the_most_salient_pixels(linear_setup, direction):
+    w, x = linear_setup
+    s = 5
+    attr = SampAttribution(linear_model(w)).attribute(
+        x, direction=direction, step_size=s, eta=None, max_steps=1
+    )
+    # deletion: projection w * (0 - x), most negative first; insertion: w * (x - blur), largest first
+    displacement = x if direction == "deletion" else x - gaussian_blur(x, 11, 5.0)
+    saliency = (w * displacement).sum(1).flatten(1)
+    expected = torch.zeros_like(saliency, dtype=torch.bool)
+    expected.scatter_(1, saliency.topk(s, dim=1).indices, True)
+    moved = attr.abs().sum(1).flatten(1) > 0
+    assert torch.equal(moved, expected)
+
+
+def test_feature_mask_moves_superpixels_together(linear_setup):
+    w, x = linear_setup
+    mask = (torch.arange(6).view(-1, 1) // 3 * 2 + torch.arange(6).view(1, -1) // 3).expand(1, 1, 6, 6)
+    attr = SampAttribution(linear_model(w)).attribute(
+        x, feature_mask=mask, direction="deletion", step_size=1, eta=None, max_steps=1
+    )
+    group_scores = torch.stack([(w * x * (mask == k)).flatten(1).sum(1) for k in range(4)], 1)
+    best = group_scores.argmax(1)
+    for i in range(x.shape[0]):
+        inside = (mask[0] == best[i]).expand(3, 6, 6)
+        torch.testing.assert_close(attr[i][inside], (w * x)[i][inside])
+        assert torch.all(attr[i][~inside] == 0)
+
+
+# ----------------------------------------------------------------------------------- path record
+
+
+def test_return_path_scores_and_fractions(digits, digits_cnn64):
+    x, y = digits.x_test[:2].double(), digits.y_test[:2]
+    attr, path = SampAttribution(digits_cnn64).attribute(x, target=y, return_path=True)
+    assert path.directions == ("deletion", "insertion")
+    with torch.no_grad():
+        f = lambda z: digits_cnn64(z).gather(1, y[:, None]).squeeze(1)  # noqa: E731
+        blurred = gaussian_blur(x, 11, 5.0)
+        torch.testing.assert_close(path.scores[:, 0, 0], f(x))
+        torch.testing.assert_close(path.scores[:, 1, 0], f(blurred))
+        last = path.lengths - 1
+        torch.testing.assert_close(path.scores[:, 0].gather(1, last[:, :1]).squeeze(1), f(torch.zeros_like(x)))
+        torch.testing.assert_close(path.scores[:, 1].gather(1, last[:, 1:]).squeeze(1), f(x))
+    for i in range(2):
+        for d in range(2):
+            fr = path.fractions[i, d, : path.lengths[i, d]]
+            assert fr[0] == 0 and abs(float(fr[-1]) - 1) < 1e-9 and torch.all(fr[1:] >= fr[:-1])
+            assert torch.isnan(path.scores[i, d, path.lengths[i, d]:]).all()
+    # snapshots: the first is the start point, the last the end point with the full attribution
+    torch.testing.assert_close(path.snapshots[0][:, 1, 0], blurred)
+    torch.testing.assert_close(path.snapshots[0][:, 1, -1], x)
+    total = path.snapshot_attributions[0][:, 0, -1] + path.snapshot_attributions[0][:, 1, -1]
+    torch.testing.assert_close(total, attr)
+
+
+# ----------------------------------------------------------------------------------- batching etc.
+
+
+def test_batched_equals_one_at_a_time_and_chunked(digits, digits_cnn64):
+    x, y = digits.x_test[:6].double(), digits.y_test[:6]
+    samp = SampAttribution(digits_cnn64)
+    batched, delta = samp.attribute(x, target=y, return_convergence_delta=True)
+    single = torch.cat([samp.attribute(x[i : i + 1], target=y[i : i + 1]) for i in range(6)])
+    chunked = samp.attribute(x, target=y, internal_batch_size=5)
+    torch.testing.assert_close(batched, single, rtol=0, atol=1e-10)
+    torch.testing.assert_close(batched, chunked, rtol=0, atol=1e-10)
+    again = samp.attribute(x, target=y)
+    assert torch.equal(batched, again)  # deterministic
+
+
+def test_target_formats_agree(linear_setup):
+    w, x = linear_setup
+    weights = torch.stack([w[0], -2 * w[0], w[0] ** 2])  # three outputs
+
+    def forward(z):
+        return torch.einsum("nchw,kchw->nk", z, weights)
+
+    samp = SampAttribution(forward)
+    targets = [1, 1, 0, 2]
+    reference = torch.stack([weights[t] * (2 * x[i] - gaussian_blur(x, 11, 5.0)[i]) for i, t in enumerate(targets)])
+    for fmt in (targets, torch.tensor(targets), [(t,) for t in targets]):
+        torch.testing.assert_close(samp.attribute(x, target=fmt), reference, rtol=0, atol=1e-12)
+    torch.testing.assert_close(samp.attribute(x, target=1), samp.attribute(x, target=torch.tensor(1)))
+    torch.testing.assert_close(samp.attribute(x, target=(1,)), samp.attribute(x, target=1))
+
+
+def test_noise_tunnel_wrapping(digits, digits_cnn):
+    x, y = digits.x_test[:2], digits.y_test[:2]
+    nt = NoiseTunnel(SampAttribution(digits_cnn))
+    torch.manual_seed(0)
+    attr, delta = nt.attribute(
+        x, nt_type="smoothgrad", nt_samples=2, stdevs=0.05, target=y, return_convergence_delta=True
+    )
+    assert attr.shape == x.shape and torch.isfinite(attr).all() and attr.abs().sum() > 0
+    assert delta.shape == (4,)
+
+
+def test_nothing_is_mutated(digits, digits_cnn):
+    model = copy.deepcopy(digits_cnn).train()
+    x = digits.x_test[:2].clone()
+    x_before = x.clone()
+    params_before = {k: v.clone() for k, v in model.state_dict().items()}
+    SampAttribution(model).attribute(x, target=digits.y_test[:2], step_size=40)
+    assert torch.equal(x, x_before) and not x.requires_grad
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, params_before[k])
+    assert all(p.grad is None for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(baselines=torch.zeros(2, 3, 5, 5)), ValueError, "baselines"),
+        (dict(insertion_start=torch.zeros(1, 2, 6, 6)), ValueError, "insertion_start"),
+        (dict(step_size=0), ValueError, "step_size"),
+        (dict(step_size=1.5), ValueError, "step_size"),
+        (dict(eta=0.0), ValueError, "eta"),
+        (dict(eta=-0.1), ValueError, "eta"),
+        (dict(momentum=1.0), ValueError, "momentum"),
+        (dict(momentum=-0.1), ValueError, "momentum"),
+        (dict(direction="sideways"), ValueError, "direction"),
+        (dict(feature_mask=torch.zeros(1, 1, 5, 6, dtype=torch.long)), ValueError, "feature_mask"),
+        (dict(feature_mask=torch.full((1, 1, 6, 6), 2)), ValueError, "contiguous"),
+        (dict(feature_mask=torch.zeros(1, 1, 6, 6)), TypeError, "feature_mask"),
+        (dict(internal_batch_size=0), ValueError, "internal_batch_size"),
+        (dict(target=7), ValueError, "target"),
+        (dict(target=None), ValueError, "one score per example"),
+    ],
+)
+def test_bad_input_is_rejected_before_any_work(linear_setup, kwargs, error, words):
+    w, x = linear_setup
+    calls = []
+
+    def forward(z):
+        calls.append(z.shape[0])
+        return torch.stack([(z * w).flatten(1).sum(1)] * 3, 1)
+
+    kwargs.setdefault("target", 0)
+    with pytest.raises(error, match=words):
+        SampAttribution(forward).attribute(x, **kwargs)
+    assert len(calls) <= 1  # at most the first forward pass, which is where output errors surface
+
+
+def test_non_finite_inputs_rejected(linear_setup):
+    w, x = linear_setup
+    x = x.clone()
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        SampAttribution(linear_model(w)).attribute(x)
