@@ -26,3 +26,7 @@ __all__ += ["SampAttribution", "SampPath"]
 from captum_paths.attr._core.geometrically_guided_ig import GeometricallyGuidedIG  # noqa: E402
 
 __all__ += ["GeometricallyGuidedIG"]
+from captum_paths.attr._core.reference_bank import ReferenceBank  # noqa: E402
+from captum_paths.attr._core.local_path_integration import LocalPathIntegration  # noqa: E402
+
+__all__ += ["LocalPathIntegration", "ReferenceBank"]
