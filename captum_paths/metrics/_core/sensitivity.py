@@ -1,0 +1,151 @@
+"""Sensitivity-n (Ancona, Ceolini, Oztireli, Gross, ICLR 2018)."""
+from numbers import Integral
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from captum_paths.attr._utils.baselines import resolve_baselines
+from captum_paths.attr._utils.captum_compat import format_additional_forward_args, run_forward
+from captum_paths.attr._utils.features import flatten_inputs, unflatten_inputs
+from captum_paths.attr._utils.validation import check_generator, check_positive_int
+from captum_paths.metrics._core._common import (
+    TensorOrTuple,
+    check_target,
+    evaluate_rows,
+    group_attributions,
+    pearson,
+    prepare_inputs_and_attributions,
+    score_function,
+)
+
+__all__ = ["sensitivity_n", "random_subsets"]
+
+
+def random_subsets(
+    n_examples: int, n_subsets: int, n_features: int, size: int, generator: Optional[torch.Generator], device
+) -> Tensor:
+    """Membership masks of uniformly random ``size``-subsets of ``n_features``: ``(N, S, G)`` bool.
+
+    Each subset is the ``size`` smallest of ``G`` i.i.d. uniform keys (a uniform random subset), drawn
+    on the generator's device and moved to ``device``.
+    """
+    gen_device = generator.device if generator is not None else device
+    keys = torch.rand((n_examples, n_subsets, n_features), generator=generator, device=gen_device).to(device)
+    chosen = keys.topk(size, dim=-1, largest=False).indices
+    return torch.zeros(keys.shape, dtype=torch.bool, device=device).scatter_(-1, chosen, True)
+
+
+def _subset_sizes(n: Union[int, Sequence[int]], n_groups: int) -> Tuple[List[int], bool]:
+    single = isinstance(n, Integral) and not isinstance(n, bool)
+    sizes = [n] if single else n
+    try:
+        sizes = list(sizes)
+    except TypeError:
+        raise TypeError(f"`n` must be an int or a sequence of ints, got {type(n).__name__}") from None
+    if not sizes:
+        raise ValueError("`n` must not be empty")
+    for s in sizes:
+        check_positive_int(s, "n")
+        if s > n_groups:
+            raise ValueError(
+                f"`n` = {s} is larger than the number of features ({n_groups}); subsets must fit in the input"
+            )
+    return [int(s) for s in sizes], single
+
+
+def sensitivity_n(
+    forward_func: Callable,
+    inputs: TensorOrTuple,
+    attributions: TensorOrTuple,
+    n: Union[int, Sequence[int]],
+    baselines: Any = None,
+    target: Any = None,
+    additional_forward_args: Any = None,
+    feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
+    n_subsets: int = 100,
+    generator: Union[None, int, torch.Generator] = None,
+    max_examples_per_batch: Optional[int] = None,
+    show_progress: bool = False,
+    score: Any = "logit",
+) -> Tensor:
+    r"""Sensitivity-n (Ancona et al. 2018): how well sums of attributions predict output drops.
+
+    For every example and subset size ``n``, draw ``n_subsets`` uniformly random subsets ``S`` of ``n``
+    features (pixels for 4-D inputs, ``feature_mask`` groups, or elements), and return the Pearson
+    correlation over the subsets between
+
+    .. math:: \sum_{i \in S} R_i(x) \quad\text{and}\quad f_t(x) - f_t(x_{[x_S = \bar x_S]}),
+
+    the output drop when the subset is set to the baseline ``\bar x``. An attribution method satisfies
+    sensitivity-n when the correlation is 1 (e.g. exact Shapley values of an additive model, for every
+    ``n``). The correlation is ``nan`` when either side has no variance over the subsets (e.g. ``n``
+    equal to the number of features, which allows a single subset).
+
+    Args:
+        forward_func (Callable): the model or any function of the inputs returning its output.
+        inputs (Tensor or tuple of Tensor): ``(N, ...)`` examples.
+        attributions (Tensor or tuple of Tensor): exactly the shapes of ``inputs``.
+        n (int or sequence of int): subset size(s), each in ``1..G``.
+        baselines: value the subsets are set to: any baseline specification (``None``/``"zeros"``, a
+            number, a tensor, ``"mean"``, ``"blur"``, a ``Baseline``, a callable). Default: zeros.
+        target, additional_forward_args: as in Captum. Default: None.
+        feature_mask (Tensor or tuple of Tensor, optional): Captum-style feature groups. Default: None.
+        n_subsets (int): random subsets per example and size (at least 2). Default: 100.
+        generator (int or torch.Generator, optional): seed of the subsets (and of a random baseline).
+        max_examples_per_batch (int, optional): at most this many perturbed inputs per forward pass.
+            Default: None (all ``N * n_subsets`` of one size at once).
+        show_progress (bool): tqdm progress over forward batches. Default: False.
+        score: ``"logit"`` (Ancona et al.'s output), ``"softmax"`` or a callable ``(output, target)``.
+
+    Returns:
+        ``(N,)`` for an int ``n``; ``(N, len(n))`` for a sequence, on the inputs' device.
+    """
+    inputs_t, flat_attr, ids, n_groups = prepare_inputs_and_attributions(
+        inputs, attributions, feature_mask, max_examples_per_batch
+    )
+    n_ex = inputs_t[0].shape[0]
+    sizes, single = _subset_sizes(n, n_groups)
+    n_subsets = check_positive_int(n_subsets, "n_subsets")
+    if n_subsets < 2:
+        raise ValueError(f"`n_subsets` must be at least 2 for a correlation, got {n_subsets}")
+    check_target(target, n_ex)
+    score_fn = score_function(score)
+    gen = check_generator(generator)
+    detached = tuple(x.detach() for x in inputs_t)
+    device = detached[0].device
+    baseline_flat = flatten_inputs(resolve_baselines(baselines, detached, name="baselines", generator=gen))
+    x_flat = flatten_inputs(detached)
+    group_attr = group_attributions(flat_attr, ids, n_groups)
+
+    # the unperturbed scores: N rows of the model, checked for a valid target before the big passes
+    with torch.no_grad():
+        afa = format_additional_forward_args(additional_forward_args)
+        input_scores = score_fn(run_forward(forward_func, detached, None, afa), target, n_ex)
+
+    row_examples = torch.arange(n_ex, device=device).repeat_interleave(n_subsets)
+    result = torch.empty(n_ex, len(sizes), dtype=input_scores.dtype, device=device)
+    for j, size in enumerate(sizes):
+        members = random_subsets(n_ex, n_subsets, n_groups, size, gen, device)  # (N, S, G)
+        subset_attr = (group_attr.unsqueeze(1) * members.to(group_attr.dtype)).sum(-1)  # (N, S)
+
+        def make_rows(rows: Tensor, members=members) -> Tuple[Tensor, ...]:
+            example, s = rows // n_subsets, rows % n_subsets
+            off = members[example, s].gather(1, ids[example])
+            return unflatten_inputs(torch.where(off, baseline_flat[example], x_flat[example]), detached)
+
+        perturbed = evaluate_rows(
+            forward_func,
+            make_rows,
+            row_examples,
+            n_ex,
+            target,
+            additional_forward_args,
+            score_fn,
+            max_examples_per_batch,
+            show_progress,
+            desc=f"sensitivity-{size}",
+        ).reshape(n_ex, n_subsets)
+        drops = input_scores.unsqueeze(1) - perturbed
+        result[:, j] = pearson(subset_attr.to(drops.dtype), drops)
+    return result[:, 0] if single else result
