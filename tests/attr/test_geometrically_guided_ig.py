@@ -456,3 +456,31 @@ def test_bad_inputs_raise(quadratic):
         ggig.attribute(torch.zeros(1, 6, dtype=torch.float64), n_steps=1, n_iterations=1)
     with pytest.raises(TypeError, match="multiply_by_inputs"):
         GeometricallyGuidedIG(quadratic, multiply_by_inputs="yes")
+
+
+def test_summed_gradients_equal_captum_per_row_gradients(digits, digits_cnn64):
+    from captum_paths.attr._core.geometrically_guided_ig import summed_gradients_and_scores
+    from captum_paths.attr._utils.captum_compat import compute_gradients, gradients_and_scores
+
+    x = digits.x_test[:5].double().requires_grad_()
+    target = digits.y_test[:5]
+    ours, our_scores = summed_gradients_and_scores(compute_gradients, digits_cnn64, (x,), target)
+    captum, captum_scores = gradients_and_scores(compute_gradients, digits_cnn64, (x,), target)
+    assert torch.equal(ours[0], captum[0]) and torch.equal(our_scores, captum_scores)
+
+
+def test_gradient_func_is_swappable(quadratic):
+    from captum_paths.attr._utils.captum_compat import compute_gradients
+
+    x = torch.randn(2, 6, dtype=torch.float64)
+    ggig = GeometricallyGuidedIG(quadratic)
+    plain = ggig.attribute(x, target=1, n_steps=2, n_iterations=1)
+    calls = []
+
+    def doubled(forward_fn, inputs, target_ind=None, additional_forward_args=None):
+        calls.append(inputs[0].shape[0])
+        return tuple(2 * g for g in compute_gradients(forward_fn, inputs, target_ind, additional_forward_args))
+
+    ggig.gradient_func = doubled
+    torch.testing.assert_close(ggig.attribute(x, target=1, n_steps=2, n_iterations=1), 2 * plain, rtol=0, atol=0)
+    assert calls == [6]
