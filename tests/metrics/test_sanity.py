@@ -1,0 +1,104 @@
+"""Sanity checks: randomisation and sigma-perturbation on the trained digits CNN."""
+import copy
+
+import pytest
+import torch
+from captum.attr import IntegratedGradients, Saliency
+
+from captum_paths.metrics import SanityCheckResult, model_randomization_check, sigma_perturbation_check
+from captum_paths.metrics._core.sanity import explanation_similarities, randomization_layers
+
+
+def _snapshot(model):
+    return (
+        copy.deepcopy(model.state_dict()),
+        model.training,
+        [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        [p.requires_grad for p in model.parameters()],
+    )
+
+
+def _assert_untouched(model, snap):
+    state, training, grads, req = snap
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert model.training == training
+    for p, g, r in zip(model.parameters(), grads, req):
+        assert (p.grad is None and g is None) or torch.equal(p.grad, g)
+        assert p.requires_grad == r
+
+
+@pytest.fixture(scope="module")
+def batch(digits):
+    return digits.x_test[:12], digits.y_test[:12]
+
+
+def test_cascading_randomisation_similarity_falls_and_model_untouched(digits_cnn, batch):
+    x, y = batch
+    snap = _snapshot(digits_cnn)
+    res = model_randomization_check(digits_cnn, Saliency, x, target=y, labels=y, generator=0,
+                                    attribute_kwargs={"abs": False})
+    _assert_untouched(digits_cnn, snap)
+    assert isinstance(res, SanityCheckResult)
+    assert res.steps == ["original", "head", "features.3", "features.0"]
+    assert res.spearman_abs.shape == (4, 12) and res.scores.shape == (4, 12)
+    torch.testing.assert_close(res.spearman_abs[0], torch.ones(12, dtype=torch.float64))
+    mean_sim = res.spearman_abs.mean(1)
+    assert mean_sim[-1] < 0.5 < mean_sim[0]  # the fully random model explains differently
+    assert mean_sim[1] < 0.9  # already the top layer alone changes the maps
+    assert res.accuracy[0] > 0.8 and res.accuracy[-1] < 0.5
+    torch.testing.assert_close(res.values, torch.arange(4, dtype=torch.float64))
+    # the same seed gives the same check; the callable form equals the class form
+    fn = lambda model, inputs, target: Saliency(model).attribute(inputs, target=target, abs=False)  # noqa: E731
+    again = model_randomization_check(digits_cnn, fn, x, target=y, generator=torch.Generator().manual_seed(0),
+                                      max_examples_per_batch=5)
+    torch.testing.assert_close(again.spearman, res.spearman)
+    assert again.accuracy is None
+
+
+def test_independent_and_reset_parameters_modes(digits_cnn, batch):
+    x, y = batch
+    res = model_randomization_check(digits_cnn, Saliency, x, target=y, cascading=False, reinit="reset_parameters",
+                                    layers=["head", "features.0"], generator=1)
+    assert res.steps == ["original", "head", "features.0"]
+    assert bool((res.spearman_abs[1:].mean(1) < 0.9).all())
+    other = model_randomization_check(digits_cnn, Saliency, x, target=y, cascading=False,
+                                      reinit="reset_parameters", layers=["head", "features.0"], generator=1)
+    torch.testing.assert_close(other.pearson_abs, res.pearson_abs)
+
+
+def test_sigma_perturbation_similarity_falls_with_noise(digits_cnn, batch):
+    x, y = batch
+    snap = _snapshot(digits_cnn)
+    res = sigma_perturbation_check(digits_cnn, IntegratedGradients, x, labels=y, sigmas=[0.05, 1.0, 3.0],
+                                   generator=0, attribute_kwargs={"n_steps": 8})
+    _assert_untouched(digits_cnn, snap)
+    assert res.steps == ["original", "sigma=0.05", "sigma=1", "sigma=3"]
+    sim = res.spearman.mean(1)
+    assert sim[0] == pytest.approx(1.0) and sim[1] > 0.8 and sim[3] < sim[1]
+    assert res.agreement[0] == 1.0 and res.agreement[3] < res.agreement[1]
+    # target=None explained the model's own prediction: the recorded scores are its top softmax
+    probs = torch.softmax(digits_cnn(x), 1).max(1).values.detach()
+    torch.testing.assert_close(res.scores[0], probs)
+
+
+def test_explanation_similarities_closed_form():
+    a = torch.tensor([[1.0, -2.0, 3.0, 0.5]])
+    sp_abs, sp, pe_abs = explanation_similarities(a, -a)
+    assert sp_abs.item() == pytest.approx(1.0) and sp.item() == pytest.approx(-1.0) and pe_abs.item() == pytest.approx(1.0)
+
+
+def test_bad_input(digits_cnn, batch):
+    x, y = batch
+    with pytest.raises(ValueError, match="layers"):
+        model_randomization_check(digits_cnn, Saliency, x, target=y, layers=["nope"])
+    with pytest.raises(ValueError, match="sigmas"):
+        sigma_perturbation_check(digits_cnn, Saliency, x, target=y, sigmas=[0.1, -1.0])
+    with pytest.raises(TypeError, match="attribute_fn"):
+        model_randomization_check(digits_cnn, "saliency", x, target=y)
+    with pytest.raises(ValueError, match="reinit"):
+        model_randomization_check(digits_cnn, Saliency, x, target=y, reinit="xavier")
+    with pytest.raises(ValueError, match="attribute_fn"):
+        model_randomization_check(digits_cnn, lambda m, i, t: i[:, :, :3], x, target=y)
+    with pytest.raises(TypeError, match="model"):
+        sigma_perturbation_check(lambda t: t, Saliency, x, target=y)
+    assert randomization_layers(digits_cnn) == ["head", "features.3", "features.0"]
