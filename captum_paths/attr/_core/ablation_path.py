@@ -391,9 +391,7 @@ class AblationPath(GradientAttribution):
         mask_dtype = torch.float32 if device.type == "mps" else torch.float64
         n_examples = inputs[0].shape[0]
         n_interior = n_points - 2
-        x_flat = flatten_inputs(inputs).detach()
-        delta_flat = (flatten_inputs(baselines) - x_flat).detach()
-        group_ids = group_ids.contiguous()
+        geometry = _PathGeometry(inputs, baselines, group_ids, n_groups, pixels=spatial)
         # share of the input's elements in each group: the constant-speed constraint's weights
         weights = group_sum(
             torch.ones(group_ids.shape, dtype=mask_dtype, device=device), group_ids, n_groups
@@ -404,80 +402,82 @@ class AblationPath(GradientAttribution):
         velocity = torch.zeros(n_examples, n_interior, n_groups, dtype=mask_dtype, device=device)
         forward = _scored_forward(self.forward_func, score)
         spatial_blocks = _spatial_blocks(inputs) if spatial and filter_sigma > 0 else None
+        example_args = _ExampleArgs(target, additional_forward_args, n_examples)
 
         rows_per_iteration = n_examples * n_interior
         chunks_per_iteration = len(chunk_slices(rows_per_iteration, internal_batch_size))
         total = (iterations + 1) * chunks_per_iteration + len(chunk_slices(2 * n_examples, internal_batch_size))
         history = torch.full((n_examples, iterations + 1), math.nan, dtype=mask_dtype, device=device)
         iterations_run = torch.zeros(n_examples, dtype=torch.long, device=device)
-        active = torch.arange(n_examples, device=device)
+        all_examples = torch.arange(n_examples, device=device)
+        active = all_examples
         with progress_bar(show_progress, total=total, desc="AblationPath", unit="batch") as bar:
-            all_examples = torch.arange(n_examples, device=device)
+            ends = torch.cat([torch.zeros(n_examples, n_groups, dtype=mask_dtype, device=device),
+                              torch.ones(n_examples, n_groups, dtype=mask_dtype, device=device)])
             end_scores, end_top = self._evaluate(
-                forward, x_flat, delta_flat, inputs, target, additional_forward_args, group_ids,
-                all_examples.repeat(2),
-                torch.cat([torch.zeros(n_examples, n_groups, dtype=mask_dtype, device=device),
-                           torch.ones(n_examples, n_groups, dtype=mask_dtype, device=device)]),
-                internal_batch_size, bar,
+                forward, geometry, example_args, all_examples.repeat(2), ends, internal_batch_size, bar
             )
             end_scores = end_scores.reshape(2, n_examples).to(mask_dtype)
             end_top = end_top.reshape(2, n_examples)
             end_contribution = quadrature[0] * end_scores[0] + quadrature[-1] * end_scores[1]
 
             for iteration in range(iterations):
-                if active.numel() == 0:
-                    break
                 n_active = active.numel()
+                if n_active == 0:
+                    break
+                every = n_active == n_examples  # plain views instead of index copies
+                current = masks if every else masks[active]
                 # rows are point-major: row k * n_active + j shows example active[j] at interior point k
                 row_examples = active.repeat(n_interior)
-                row_masks = masks[active, 1:-1].transpose(0, 1).reshape(-1, n_groups)
+                row_masks = current[:, 1:-1].transpose(0, 1).reshape(-1, n_groups)
                 gradient = torch.empty(row_examples.numel(), n_groups, dtype=mask_dtype, device=device)
                 row_scores = torch.empty(row_examples.numel(), dtype=mask_dtype, device=device)
                 for rows in chunk_slices(row_examples.numel(), internal_batch_size):
                     examples = row_examples[rows]
-                    images = _path_images(x_flat, delta_flat, group_ids, examples, row_masks[rows], inputs)
+                    images = geometry.images(examples, row_masks[rows])
                     grads, scores = gradients_and_scores(
-                        self.gradient_func,
-                        forward,
-                        images,
-                        take_target(target, examples),
-                        take_additional_forward_args(additional_forward_args, examples, n_examples),
+                        self.gradient_func, forward, images, *example_args.rows(examples)
                     )
-                    # chain rule through x + delta * phi: sum over the elements of each group
-                    chain = flatten_inputs(grads).to(mask_dtype) * delta_flat[examples].to(mask_dtype)
-                    gradient[rows] = group_sum(chain, group_ids[examples], n_groups)
-                    row_scores[rows] = scores.to(mask_dtype)
+                    gradient[rows] = geometry.mask_gradient(examples, grads)
+                    row_scores[rows] = scores
                     bar.update()
                 gradient = gradient.reshape(n_interior, n_active, n_groups).transpose(0, 1)
                 row_scores = row_scores.reshape(n_interior, n_active).transpose(0, 1)
-                history[active, iteration] = end_contribution[active] + (row_scores * quadrature[1:-1]).sum(1)
+                history[active, iteration] = end_contribution[active] + row_scores @ quadrature[1:-1]
 
-                step = max_norm_normalise(tangent_projection(gradient, weights[active]))
-                velocity[active] = momentum * velocity[active] + step
-                interior = masks[active, 1:-1] + step_size * velocity[active]
-                interior = saturate(interior, zeta)
+                w = weights if every else weights[active]
+                step = max_norm_normalise(tangent_projection(gradient, w))
+                moved = velocity if every else velocity[active]
+                moved = moved.mul_(momentum).add_(step)
+                if not every:
+                    velocity[active] = moved
+                path = current.clone()
+                interior = saturate(path[:, 1:-1].add_(moved, alpha=step_size), zeta)
                 if spatial_blocks is not None:
                     interior = _filter_blocks(interior, spatial_blocks, filter_sigma)
-                path = torch.cat([masks[active, :1], interior, masks[active, -1:]], dim=1)
-                masks[active] = repair_path(path, weights[active])
+                path[:, 1:-1] = interior
+                path = repair_path(path, w)
+                if every:
+                    masks = path
+                else:
+                    masks[active] = path
                 iterations_run[active] += 1
                 if stop_saturation is not None:
-                    done = path_saturation(masks[active], weights[active]) >= stop_saturation
+                    done = path_saturation(path, w) >= stop_saturation
                     active = active[~done]
 
             # the final path: scores (and top class) at the interior points, no gradients
-            row_examples = all_examples.repeat(n_interior)
             row_masks = masks[:, 1:-1].transpose(0, 1).reshape(-1, n_groups)
             mid_scores, mid_top = self._evaluate(
-                forward, x_flat, delta_flat, inputs, target, additional_forward_args, group_ids,
-                row_examples, row_masks, internal_batch_size, bar,
+                forward, geometry, example_args, all_examples.repeat(n_interior), row_masks,
+                internal_batch_size, bar,
             )
         mid_scores = mid_scores.reshape(n_interior, n_examples).transpose(0, 1).to(mask_dtype)
         mid_top = mid_top.reshape(n_interior, n_examples).transpose(0, 1)
         scores = torch.cat([end_scores[0].unsqueeze(1), mid_scores, end_scores[1].unsqueeze(1)], dim=1)
         is_top = torch.cat([end_top[0].unsqueeze(1), mid_top, end_top[1].unsqueeze(1)], dim=1)
         path_score = (scores * quadrature).sum(dim=1)
-        history[torch.arange(n_examples, device=device), iterations_run] = path_score
+        history[all_examples, iterations_run] = path_score
 
         threshold_index = first_index(~is_top)
         drop_index = first_index(scores <= (1 - drop_fraction) * scores[:, :1])
@@ -505,12 +505,8 @@ class AblationPath(GradientAttribution):
     def _evaluate(
         self,
         forward: Callable,
-        x_flat: Tensor,
-        delta_flat: Tensor,
-        inputs: Tuple[Tensor, ...],
-        target: Any,
-        additional_forward_args: Optional[Tuple],
-        group_ids: Tensor,
+        geometry: "_PathGeometry",
+        example_args: "_ExampleArgs",
         row_examples: Tensor,
         row_masks: Tensor,
         internal_batch_size: Optional[int],
@@ -521,18 +517,64 @@ class AblationPath(GradientAttribution):
         with torch.no_grad():
             for rows in chunk_slices(row_examples.numel(), internal_batch_size):
                 examples = row_examples[rows]
-                images = _path_images(x_flat, delta_flat, group_ids, examples, row_masks[rows], inputs)
-                output = run_forward(
-                    forward,
-                    images,
-                    None,
-                    take_additional_forward_args(additional_forward_args, examples, x_flat.shape[0]),
-                )
-                selected = target_scores(output, take_target(target, examples), examples.numel())
+                row_target, row_args = example_args.rows(examples)
+                output = run_forward(forward, geometry.images(examples, row_masks[rows]), None, row_args)
+                selected = target_scores(output, row_target, examples.numel())
                 scores.append(selected)
                 tops.append(selected >= output.reshape(examples.numel(), -1).max(dim=1).values)
                 bar.update()
         return torch.cat(scores), torch.cat(tops)
+
+
+class _ExampleArgs:
+    """``target`` and ``additional_forward_args`` for rows that show given examples."""
+
+    def __init__(self, target: Any, additional_forward_args: Optional[Tuple], n_examples: int):
+        self.target, self.args, self.n_examples = target, additional_forward_args, n_examples
+
+    def rows(self, examples: Tensor) -> Tuple[Any, Optional[Tuple]]:
+        return (
+            take_target(self.target, examples),
+            take_additional_forward_args(self.args, examples, self.n_examples),
+        )
+
+
+class _PathGeometry:
+    """Turns masks into path images ``x + (x' - x) * phi`` and image gradients into mask gradients.
+
+    Masks are ``(R, G)`` rows, one per path image; ``examples`` (``(R,)``) says which example each
+    row shows. A single ``(N, C, H, W)`` input with one group per pixel (the default) takes a fast
+    path: broadcasting over the channels instead of gathering / scattering group ids.
+    """
+
+    def __init__(self, inputs, baselines, group_ids: Tensor, n_groups: int, pixels: bool):
+        self.like = inputs
+        self.n_groups = n_groups
+        self.pixel_image = pixels and len(inputs) == 1 and inputs[0].dim() == 4
+        if self.pixel_image:
+            self.x = inputs[0].detach()
+            self.delta = (baselines[0] - inputs[0]).detach()
+        else:
+            self.x = flatten_inputs(inputs).detach()
+            self.delta = (flatten_inputs(baselines) - self.x).detach()
+            self.group_ids = group_ids.contiguous()
+
+    def images(self, examples: Tensor, row_masks: Tensor) -> Tuple[Tensor, ...]:
+        """Path images as leaf tensors that require grad (tuple like the inputs)."""
+        if self.pixel_image:
+            n_rows, (_, height, width) = examples.numel(), self.x.shape[1:]
+            mask = row_masks.to(self.x.dtype).reshape(n_rows, 1, height, width)
+            return (torch.addcmul(self.x[examples], self.delta[examples], mask).requires_grad_(),)
+        element_masks = torch.gather(row_masks, 1, self.group_ids[examples]).to(self.x.dtype)
+        flat = torch.addcmul(self.x[examples], self.delta[examples], element_masks)
+        return tuple(t.detach().requires_grad_() for t in unflatten_inputs(flat, self.like))
+
+    def mask_gradient(self, examples: Tensor, grads: Tuple[Tensor, ...]) -> Tensor:
+        """Chain rule through ``x + delta * phi``: per group, the sum of ``grad * delta``: ``(R, G)``."""
+        if self.pixel_image:
+            return (grads[0] * self.delta[examples]).sum(dim=1).reshape(examples.numel(), -1)
+        chain = flatten_inputs(grads) * self.delta[examples]
+        return group_sum(chain, self.group_ids[examples], self.n_groups)
 
 
 def _scored_forward(forward_func: Callable, score: str) -> Callable:
@@ -550,16 +592,6 @@ def _scored_forward(forward_func: Callable, score: str) -> Callable:
         return torch.softmax(output, dim=1)
 
     return softmax_forward
-
-
-def _path_images(
-    x_flat: Tensor, delta_flat: Tensor, group_ids: Tensor, examples: Tensor, row_masks: Tensor,
-    inputs: Tuple[Tensor, ...],
-) -> Tuple[Tensor, ...]:
-    """The images ``x + (x' - x) * phi`` of the given rows, as leaf tensors that require grad."""
-    element_masks = torch.gather(row_masks, 1, group_ids[examples]).to(x_flat.dtype)
-    flat = x_flat[examples] + delta_flat[examples] * element_masks
-    return tuple(t.detach().requires_grad_() for t in unflatten_inputs(flat, inputs))
 
 
 def _spatial_blocks(inputs: Tuple[Tensor, ...]) -> List[Tuple[int, int, int]]:
