@@ -53,8 +53,11 @@ def test_draws_follow_the_densities_and_alpha_range():
 
 
 def test_interpolate_and_selection_helpers():
-    ref, x = torch.zeros(3, 2), torch.ones(3, 2) * 4
-    assert torch.equal(interpolate(ref, x, torch.tensor([0.0, 0.5, 1.0])), torch.tensor([[0.0] * 2, [2.0] * 2, [4.0] * 2]))
+    starts = torch.tensor([[[0.0, 0.0], [1.0, 1.0]], [[2.0, 2.0], [4.0, 0.0]]])  # (S=2, C=2, 2)
+    x = torch.tensor([[4.0, 4.0], [3.0, 5.0]])
+    points, spans = interpolate(starts, x, torch.tensor([[0.5, 1.0], [0.0, 0.25]]))
+    assert torch.equal(spans, x.unsqueeze(0) - starts)
+    assert torch.equal(points, torch.tensor([[2.0, 2.0], [3.0, 5.0], [2.0, 2.0], [3.75, 1.25]]))
     t = torch.tensor([1, 2, 3, 4])
     assert torch.equal(select_target(t, slice(1, 3), 4), torch.tensor([2, 3]))
     assert select_target([5, 6, 7, 8], slice(2, 4), 4) == [7, 8]

@@ -15,7 +15,7 @@ from captum_paths.attr._utils.captum_compat import (
     format_inputs,
     format_output,
     forward_scores,
-    gradients_and_scores,
+    summed_gradients_and_scores,
     is_tuple,
     log_usage,
     run_forward,
@@ -72,10 +72,18 @@ def draw_references_and_alphas(
     return ids.repeat_interleave(n_alphas, dim=1), alphas
 
 
-def interpolate(references: Tensor, inputs: Tensor, alphas: Tensor) -> Tensor:
-    """Points ``x' + alpha (x - x')`` on the straight paths: all ``(R, ...)``, ``alphas`` ``(R,)``."""
-    a = alphas.reshape((-1,) + (1,) * (inputs.dim() - 1))
-    return references + a * (inputs - references)
+def interpolate(starts: Tensor, inputs: Tensor, alphas: Tensor) -> Tuple[Tensor, Tensor]:
+    """Points ``x' + alpha (x - x')`` on the straight paths, and the spans ``x - x'``.
+
+    ``starts`` ``(S, C, ...)`` are references, ``inputs`` ``(C, ...)`` broadcast along the first
+    dimension (never repeated), ``alphas`` ``(S, C)``. Returns ``points`` ``(S * C, ...)`` (row
+    ``j * C + i`` is draw ``j`` of example ``i``: Captum's repeat-whole-batch order) and ``spans``
+    ``(S, C, ...)``.
+    """
+    spans = inputs.unsqueeze(0) - starts
+    a = alphas.to(device=spans.device, dtype=spans.dtype).reshape(tuple(alphas.shape) + (1,) * (spans.dim() - 2))
+    points = (starts + a * spans).reshape((-1,) + tuple(spans.shape[2:]))
+    return points, spans
 
 
 def select_target(target: Any, examples: slice, n: int) -> Any:
@@ -294,15 +302,13 @@ class LocalPathIntegration(GradientAttribution):
                 steps = block.stop - block.start
                 # rows in repeat-whole-batch order: row j * count + i is draw j of example i
                 ids = ref_ids[examples, block].t().reshape(-1).to(device)
-                a = alphas[examples, block].t().reshape(-1)
+                a = alphas[examples, block].t()
                 with torch.no_grad():
-                    starts = tuple(r[ids] for r in references)
-                    ends = tuple(x[examples].repeat((steps,) + (1,) * (x.dim() - 1)) for x in inputs)
-                    points = tuple(
-                        interpolate(s, e, a.to(device=e.device, dtype=e.dtype)).requires_grad_()
-                        for s, e in zip(starts, ends)
-                    )
-                grads, _ = gradients_and_scores(
+                    starts = tuple(r[ids].reshape((steps, count) + tuple(x.shape[1:])) for r, x in zip(references, inputs))
+                    paths = [interpolate(s, x[examples], a) for s, x in zip(starts, inputs)]
+                    points = tuple(p.requires_grad_() for p, _ in paths)
+                    spans = tuple(d for _, d in paths)
+                grads, _ = summed_gradients_and_scores(
                     self.gradient_func,
                     self.forward_func,
                     points,
@@ -310,8 +316,8 @@ class LocalPathIntegration(GradientAttribution):
                     expand_additional_forward_args(select_forward_args(afa, examples, n), steps),
                 )
                 with torch.no_grad():
-                    for total, g, s, e in zip(totals, grads, starts, ends):
-                        total[examples] += ((e - s) * g).reshape((steps, count) + tuple(e.shape[1:])).sum(0)
+                    for total, g, d in zip(totals, grads, spans):
+                        total[examples] += (d * g.reshape(d.shape)).sum(0)
                 bar.update(1)
         return totals
 

@@ -36,6 +36,7 @@ __all__ = [
     "select_targets",
     "forward_scores",
     "gradients_and_scores",
+    "summed_gradients_and_scores",
     "target_scores",
 ]
 
@@ -164,6 +165,35 @@ def gradients_and_scores(
         return out
 
     grads = gradient_func(recording_forward, inputs, target, additional_forward_args)
+    if not recorded:  # a custom gradient_func that never called the forward function
+        return grads, forward_scores(forward_func, inputs, target, additional_forward_args)
+    return tuple(g.detach() for g in grads), recorded[-1]
+
+
+def summed_gradients_and_scores(
+    gradient_func: Callable,
+    forward_func: Callable,
+    inputs: Tuple[Tensor, ...],
+    target: Any = None,
+    additional_forward_args: Any = None,
+) -> Tuple[Tuple[Tensor, ...], Tensor]:
+    """Like :func:`gradients_and_scores`, but ``gradient_func`` differentiates the *sum* of the scores.
+
+    Captum's ``compute_gradients`` differentiates ``torch.unbind`` of the per-row scores, which is the
+    gradient of their sum, but autograd then builds one seed tensor per row; handing it a forward
+    function that returns the summed target score (shape ``(1,)``, ``target=None``) gives the same
+    gradients for a few percent less time on small models. The scores are validated (clear
+    ``ValueError`` for a bad ``target``) before any backward pass. Returns ``(grads, scores (N,))``.
+    """
+    n_rows = inputs[0].shape[0]
+    recorded = []
+
+    def summed_target_score(*args):
+        scores = target_scores(forward_func(*args), target, n_rows)
+        recorded.append(scores.detach())
+        return scores.sum().reshape(1)
+
+    grads = gradient_func(summed_target_score, inputs, None, additional_forward_args)
     if not recorded:  # a custom gradient_func that never called the forward function
         return grads, forward_scores(forward_func, inputs, target, additional_forward_args)
     return tuple(g.detach() for g in grads), recorded[-1]
