@@ -298,3 +298,25 @@ def test_bad_input_is_rejected_before_any_gradient(digits, digits_cnn, cnn_bank)
     assert calls == [2, 2]  # only the input's own forward pass ran, no gradient pass
     with pytest.raises(ValueError, match="fitted on 10 logits"):
         LocalPathIntegration(lambda z: digits_cnn(z)[:, :4], cnn_bank).attribute(x, target=0)
+
+
+def test_progress_bar_and_chunk_plan(digits, digits_cnn, cnn_bank):
+    lpi = LocalPathIntegration(digits_cnn, cnn_bank)
+    a = lpi.attribute(digits.x_test[:2], target=0, n_samples=3, generator=0, show_progress=True, internal_batch_size=2)
+    assert torch.equal(a, lpi.attribute(digits.x_test[:2], target=0, n_samples=3, generator=0, internal_batch_size=2))
+    plan = LocalPathIntegration._chunks(5, 4, 3)  # 3 rows per pass: 3 examples x 1 draw, then 2 x 1
+    assert plan[0] == (slice(0, 3), slice(0, 1)) and len(plan) == 8
+    assert all((e.stop - e.start) * (d.stop - d.start) <= 3 for e, d in plan)
+    assert LocalPathIntegration._chunks(2, 10, 7) == [(slice(0, 2), slice(0, 3)), (slice(0, 2), slice(3, 6)), (slice(0, 2), slice(6, 9)), (slice(0, 2), slice(9, 10))]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_tensors_stay_on_the_gpu(digits, digits_cnn, cnn_bank):
+    model = copy.deepcopy(digits_cnn).cuda()
+    x = digits.x_test[:3].cuda()
+    attr, delta = LocalPathIntegration(model, cnn_bank).attribute(
+        x, target=torch.tensor([0, 1, 2]).cuda(), n_samples=4, generator=0, return_convergence_delta=True
+    )
+    assert attr.device == x.device and delta.device == x.device
+    cpu = LocalPathIntegration(digits_cnn, cnn_bank).attribute(digits.x_test[:3], target=[0, 1, 2], n_samples=4, generator=0)
+    assert torch.allclose(attr.cpu(), cpu, atol=1e-5)
