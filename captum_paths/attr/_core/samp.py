@@ -16,7 +16,7 @@ from captum_paths.attr._utils.captum_compat import (
     format_inputs,
     format_output,
     forward_scores,
-    gradients_and_scores,
+    summed_gradients_and_scores,
     is_tuple,
     log_usage,
 )
@@ -362,58 +362,79 @@ class _PathRun:
         target = subset_target(self.target, index, self.rows)
         afa = subset_additional_forward_args(self.afa, index, self.rows)
         leaves = tuple(t.detach().requires_grad_() for t in unflatten_inputs(points, self.like))
-        grads, scores = gradients_and_scores(
+        grads, scores = summed_gradients_and_scores(
             self.attribution.gradient_func, self.attribution.forward_func, leaves, target, afa
         )
         return flatten_inputs(grads).to(points.dtype), scores.to(points.dtype)
 
     def run(self, chunk: slice, bar) -> None:
+        """Advance the paths of rows ``chunk`` to their end points (or ``max_steps``).
+
+        The state holds the running paths only: when paths finish, their results are written out and
+        the state is compacted, so finished paths cost nothing (no forward pass, no bookkeeping).
+        """
         rows = torch.arange(chunk.start, chunk.stop, device=self.starts.device)
-        current = self.starts[chunk].clone()
+        x = self.starts[chunk].clone()
         ends, ids, largest = self.ends[chunk], self.ids[chunk], self.largest[chunk]
-        smoothed = torch.zeros_like(current) if self.momentum is not None else None
-        accumulated = self.attributions[chunk]  # a view: updated in place
-        covered = self.covered[chunk]  # a view
-        active = ~torch.isclose(current, ends).all(1)
+        total_l1 = self.total_l1[chunk]
+        eta = None if self.eta_abs is None else self.eta_abs[chunk]
+        # a group is pending until it is moved all the way (then it sits exactly on the end point)
+        pending = group_sum((~torch.isclose(x, ends)).to(x.dtype), ids, self.n_groups) > 0
+        accumulated = torch.zeros_like(x)
+        covered = torch.zeros_like(total_l1)
+        smoothed: Optional[Tensor] = None
         if self.record:
-            self._take_snapshots(rows, current, accumulated, covered)
+            self._take_snapshots(rows, x, accumulated, covered)
+        state = [x, ends, ids, largest, total_l1, eta, pending, accumulated, covered]
+        alive = pending.any(1)
         step = 0
-        while bool(active.any()) and (self.max_steps is None or step < self.max_steps):
-            local = torch.nonzero(active).reshape(-1)
-            x = current[local]
-            grads, scores = self._gradients(rows[local], x)
+        while True:
+            if not bool(alive.all()):
+                self._write_out(rows[~alive], accumulated[~alive], covered[~alive])
+                rows, smoothed = rows[alive], None if smoothed is None else smoothed[alive]
+                state = [None if t is None else t[alive] for t in state]
+                x, ends, ids, largest, total_l1, eta, pending, accumulated, covered = state
+            if rows.numel() == 0 or (self.max_steps is not None and step >= self.max_steps):
+                break
+            grads, scores = self._gradients(rows, x)
             if step == 0:
-                self.start_scores[rows[local]] = scores
-            if smoothed is not None:
-                if step > 0:
-                    grads = self.momentum * smoothed[local] + (1.0 - self.momentum) * grads
-                smoothed[local] = grads
-            row_ends, row_ids = ends[local], ids[local]
-            remaining = row_ends - x
-            not_there = (~torch.isclose(x, row_ends)).to(x.dtype)
-            unfinished = group_sum(not_there, row_ids, self.n_groups) > 0
-            projection = group_sum(grads * remaining, row_ids, self.n_groups)
-            chosen = self._choose(projection, unfinished, largest[local])
-            moving = chosen.gather(1, row_ids)
-            dx = torch.where(moving, remaining, torch.zeros_like(remaining))
+                self.start_scores[rows] = scores
+            if self.momentum is not None:
+                if smoothed is not None:
+                    grads = self.momentum * smoothed + (1.0 - self.momentum) * grads
+                smoothed = grads
+            remaining = ends - x
+            projection = group_sum(grads * remaining, ids, self.n_groups)
+            chosen = self._choose(projection, pending, largest)
+            moving = chosen.gather(1, ids)
+            dx = remaining * moving
             step_l1 = dx.abs().sum(1)
-            full = torch.ones_like(step_l1, dtype=torch.bool)
-            if self.eta_abs is not None:
-                eta = self.eta_abs[rows[local]]
+            if eta is None:
+                full = torch.ones(rows.numel(), dtype=torch.bool, device=x.device)
+            else:
                 full = step_l1 <= eta
-                dx = dx * torch.where(full, torch.ones_like(eta), eta / step_l1).unsqueeze(1)
-            accumulated[local] += grads * dx
+                scale = torch.where(full, torch.ones_like(eta), eta / step_l1)
+                dx = dx * scale.unsqueeze(1)
+                step_l1 = step_l1 * scale
+            accumulated += grads * dx
             # a group moved all the way lands exactly on the end point (no round-off left to chase)
-            moved = torch.where(moving & full.unsqueeze(1), row_ends, x + dx)
-            current[local] = moved
+            x = torch.where(moving & full.unsqueeze(1), ends, x + dx)
             if self.record:
-                self.steps.append((rows[local], scores, covered[local].clone()))
-            covered[local] += dx.abs().sum(1) / self.total_l1[rows[local]]
+                self.steps.append((rows, scores, covered.clone()))
+            covered += step_l1 / total_l1
             if self.record:
-                self._take_snapshots(rows[local], moved, accumulated[local], covered[local])
-            active[local] = ~torch.isclose(moved, row_ends).all(1)
+                self._take_snapshots(rows, x, accumulated, covered)
+            pending &= ~(chosen & full.unsqueeze(1))
+            alive = pending.any(1)
+            state[0] = x
             step += 1
             bar.update(1)
+        if rows.numel():  # stopped by max_steps
+            self._write_out(rows, accumulated, covered)
+
+    def _write_out(self, rows: Tensor, accumulated: Tensor, covered: Tensor) -> None:
+        self.attributions[rows] = accumulated
+        self.covered[rows] = covered
 
     def _choose(self, projection: Tensor, unfinished: Tensor, largest: Tensor) -> Tensor:
         if bool(largest.all()):
