@@ -85,12 +85,18 @@ def causal_curves(
     moved_count = (torch.arange(n_steps + 1, device=device) * per_step).clamp(max=n_groups)
     element_rank = group_ranks(group_attributions(flat_attr, ids, n_groups)).gather(1, ids)
     points = n_steps + 1
+    # the step from which each element holds its finish value (rank < k * s  <=>  rank // s + 1 <= k),
+    # in the narrowest integer type: building a chunk then reads 2 bytes per element, not 8
+    step_dtype = torch.int16 if points < 2**15 else torch.int32
+    first_moved_step = (element_rank // per_step + 1).to(step_dtype)
+    del element_rank
     row_examples = torch.arange(n, device=device).repeat_interleave(points)
 
     def make_rows(rows: Tensor) -> Tuple[Tensor, ...]:
-        example, k = rows // points, rows % points
-        moved = element_rank[example] < moved_count[k].unsqueeze(1)
-        return unflatten_inputs(torch.where(moved, finish[example], start[example]), detached)
+        example, k = rows // points, (rows % points).to(step_dtype)
+        moved = first_moved_step.index_select(0, example) <= k.unsqueeze(1)
+        perturbed = torch.where(moved, finish.index_select(0, example), start.index_select(0, example))
+        return unflatten_inputs(perturbed, detached)
 
     scores = evaluate_rows(
         forward_func,

@@ -1,0 +1,118 @@
+"""Benchmark: insertion + deletion of 100 digits images at step 10 on the digits CNN.
+
+Compares the wall time of ``captum_paths.metrics.insertion`` + ``deletion`` with
+  (a) the bare forward passes they need: the same number of images, already built, through the model in
+      the same batch sizes (the floor: the goal is at most 1.2x of it);
+  (b) a one-image-at-a-time loop in the style of RISE's ``CausalMetric.single_run`` (one forward per
+      step and image, perturbing the image in place).
+Every timing is the best of ``--repeats`` runs. Usage:
+
+    python benchmarks/bench_metrics.py [--n 100] [--size 28] [--step 10] [--batch 1000 4000 0] [--threads 1]
+"""
+import argparse
+import time
+
+import torch
+from captum.attr import Saliency
+
+from captum_paths.attr._utils.baselines import gaussian_blur
+from captum_paths.benchmark.data import load_digits_images
+from captum_paths.benchmark.models import SmallDigitsCNN, accuracy, train_classifier
+from captum_paths.metrics import deletion, insertion
+
+
+def best_of(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), out
+
+
+def loop_one_at_a_time(model, x, attr, target, step):
+    """RISE-style: one image at a time, one forward per step, in-place pixel copies."""
+    n, c, h, w = x.shape
+    hw = h * w
+    n_steps = (hw + step - 1) // step
+    order = attr.sum(1).reshape(n, hw).argsort(dim=1, descending=True, stable=True)
+    blurred = gaussian_blur(x, 11, 5.0)
+    aucs = []
+    with torch.no_grad():
+        for mode in ("del", "ins"):
+            for i in range(n):
+                start = (x[i : i + 1] if mode == "del" else blurred[i : i + 1]).clone().reshape(1, c, hw)
+                finish = (torch.zeros_like(x[i : i + 1]) if mode == "del" else x[i : i + 1]).reshape(1, c, hw)
+                scores = torch.empty(n_steps + 1)
+                for k in range(n_steps + 1):
+                    scores[k] = model(start.reshape(1, c, h, w))[0, target[i]]
+                    if k < n_steps:
+                        idx = order[i, k * step : (k + 1) * step]
+                        start[0, :, idx] = finish[0, :, idx]
+                aucs.append((scores.sum() - scores[0] / 2 - scores[-1] / 2) / n_steps)
+    return torch.stack(aucs)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--step", type=int, default=10)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1000, 4000, 0], help="0 = all rows at once")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    parser.add_argument("--skip-loop", action="store_true")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    data = load_digits_images(size=args.size, seed=0)
+    torch.manual_seed(0)
+    model = train_classifier(SmallDigitsCNN(), data.x_train, data.y_train, epochs=5, seed=0)
+    x, y = data.x_test[: args.n], data.y_test[: args.n]
+    print(f"digits {args.size}x{args.size}, test accuracy {accuracy(model, data.x_test, data.y_test):.3f}, "
+          f"{args.n} images, step {args.step}, torch threads {torch.get_num_threads()}")
+    attr = Saliency(model).attribute(x, target=y, abs=False).detach()
+    n_features = args.size * args.size
+    points = (n_features + args.step - 1) // args.step + 1
+    rows = 2 * args.n * points
+    print(f"{points} points per curve -> {rows} model evaluations for insertion + deletion")
+
+    for batch in args.batch:
+        chunk = None if batch == 0 else batch
+        label = "all" if chunk is None else str(chunk)
+
+        def metrics():
+            d = deletion(model, x, attr, target=y, step=args.step, max_examples_per_batch=chunk)
+            i = insertion(model, x, attr, target=y, step=args.step, max_examples_per_batch=chunk)
+            return d, i
+
+        # the floor: the same number of images, pre-built, through the model in the same batch sizes
+        per_batch = rows // 2 if chunk is None else chunk
+        prebuilt = x.repeat_interleave(points, dim=0)  # one metric's rows (deletion or insertion)
+
+        def bare():
+            with torch.no_grad():
+                for _ in range(2):
+                    for s in range(0, prebuilt.shape[0], per_batch):
+                        model(prebuilt[s : s + per_batch])
+
+        t_metric, (d, i) = best_of(metrics, args.repeats)
+        t_bare, _ = best_of(bare, args.repeats)
+        print(f"max_examples_per_batch={label:>5}: insertion+deletion {t_metric:.3f} s, bare forwards "
+              f"{t_bare:.3f} s, ratio {t_metric / t_bare:.2f}x")
+
+    if not args.skip_loop:
+        t_loop, loop_aucs = best_of(lambda: loop_one_at_a_time(model, x, attr, y, args.step), 1)
+        d, i = (deletion(model, x, attr, target=y, step=args.step),
+                insertion(model, x, attr, target=y, step=args.step))
+        same = torch.allclose(loop_aucs, torch.cat([d, i]), atol=1e-4)
+        t_metric, _ = best_of(lambda: (deletion(model, x, attr, target=y, step=args.step),
+                                       insertion(model, x, attr, target=y, step=args.step)), args.repeats)
+        print(f"one-image-at-a-time loop: {t_loop:.3f} s; batched (all rows) {t_metric:.3f} s: "
+              f"{t_loop / t_metric:.1f}x faster; same AUCs: {same}")
+        print(f"mean deletion AUC {d.mean():.4f}, mean insertion AUC {i.mean():.4f} (Saliency, logit, trapezoid)")
+
+
+if __name__ == "__main__":
+    main()
