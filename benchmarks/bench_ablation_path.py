@@ -1,7 +1,7 @@
 """AblationPath on the digits CNN: saturation per iteration, path score against the straight line, and
 wall time against the bare forward+backward passes the optimisation needs.
 
-Run:  .venv/bin/python benchmarks/bench_ablation_path.py [--size 28] [--n 32] [--iterations 30]
+Run:  .venv/bin/python benchmarks/bench_ablation_path.py [--size 28] [--n 32] [--iterations 30] [--channels 8]
 
 * "Iterations to saturation": the first iteration after which an example's path saturation (mean of
   |2 phi - 1| over the interior masks; 1 = binary masks, ~0.5 = straight line) reaches each level.
@@ -56,14 +56,15 @@ def main():
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--internal-batch-size", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--channels", type=int, default=8, help="SmallDigitsCNN width (default 8)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     data = load_digits_images(size=args.size, seed=0)
     torch.manual_seed(0)
-    model = train_classifier(SmallDigitsCNN(), data.x_train, data.y_train, epochs=8, seed=0)
-    print(f"digits {args.size}x{args.size}, SmallDigitsCNN test accuracy {accuracy(model, data.x_test, data.y_test):.3f}")
+    model = train_classifier(SmallDigitsCNN(channels=args.channels), data.x_train, data.y_train, epochs=8, seed=0)
+    print(f"digits {args.size}x{args.size}, SmallDigitsCNN(channels={args.channels}) test accuracy {accuracy(model, data.x_test, data.y_test):.3f}")
     x = data.x_test[: args.n]
     with torch.no_grad():
         target = model(x).argmax(1)

@@ -30,3 +30,6 @@ from captum_paths.attr._core.reference_bank import ReferenceBank  # noqa: E402
 from captum_paths.attr._core.local_path_integration import LocalPathIntegration  # noqa: E402
 
 __all__ += ["LocalPathIntegration", "ReferenceBank"]
+from captum_paths.attr._core.ablation_path import AblationPath, AblationPathResult  # noqa: E402
+
+__all__ += ["AblationPath", "AblationPathResult"]

@@ -146,6 +146,8 @@ def tangent_projection(gradient: Tensor, weights: Tensor) -> Tensor:
     A step along the result keeps every weighted mean ``sum_g w_g phi_g`` (the fraction of the input
     ablated at each path point) unchanged. With equal weights this subtracts the spatial mean.
     """
+    if bool((weights == weights[..., :1]).all()):  # equal weights: subtracting the mean is the same
+        return gradient - gradient.mean(dim=-1, keepdim=True)
     w = weights.unsqueeze(1)
     coeff = (gradient * w).sum(-1, keepdim=True) / (w * w).sum(-1, keepdim=True)
     return gradient - coeff * w

@@ -58,45 +58,50 @@ def monotone_projection(values: Tensor, dim: int = -1) -> Tensor:
     """
     if not isinstance(values, Tensor) or not values.dtype.is_floating_point:
         raise TypeError("`values` must be a floating-point torch.Tensor")
-    moved = values.movedim(dim, -1)
-    length = moved.shape[-1]
-    seqs = moved.reshape(-1, length)
-    if length < 2 or seqs.shape[0] == 0:
+    moved = values.movedim(dim, -1)  # a view: no copy of the (typically large) untouched part
+    if moved.shape[-1] < 2 or moved.numel() == 0:
         return values.clone()
-    out = seqs.clone()
-    # only sequences with at least one decrease need work: typically a small fraction of the pixels
-    rows = torch.nonzero((seqs[:, 1:] < seqs[:, :-1]).any(dim=1)).reshape(-1)
-    if rows.numel():
-        out[rows] = _merge_violating_blocks(seqs[rows])
-    return out.reshape(moved.shape).movedim(-1, dim)
+    # only sequences with at least one decrease need work
+    descents = moved[..., 1:] < moved[..., :-1]
+    needs_work = descents.any(dim=-1)
+    out = values.clone()
+    if bool(needs_work.any()):
+        out.movedim(dim, -1)[needs_work] = _merge_violating_blocks(moved[needs_work], descents[needs_work])
+    return out
 
 
-def _merge_violating_blocks(seqs: Tensor) -> Tensor:
-    """Block merging on ``(P, L)`` sequences that each contain a decrease."""
+def _merge_violating_blocks(seqs: Tensor, descents: Tensor) -> Tensor:
+    """Block merging on ``(P, L)`` sequences that each contain a decrease (``descents``: ``(P, L-1)``).
+
+    Round one (every value its own block, levels = values) merges exactly the descents, so the loop
+    starts from them. Sequences with no violation left are final and leave the working set.
+    """
     n_seq, length = seqs.shape
-    out = seqs.clone()
+    out = torch.empty_like(seqs)
     rows = torch.arange(n_seq, device=seqs.device)
-    values = seqs
-    joined = torch.zeros(n_seq, length - 1, dtype=torch.bool, device=seqs.device)
+    values, joined = seqs, descents.clone()
+    high = torch.empty(n_seq * length, dtype=seqs.dtype, device=seqs.device)
+    low = torch.empty_like(high)
+    block = torch.zeros(n_seq, length, dtype=torch.long, device=seqs.device)
+    offsets = torch.arange(n_seq, device=seqs.device).unsqueeze(1) * length
     # at most L - 1 merges are possible per sequence, and every round merges at least one edge
     for _ in range(length):
         n_work = values.shape[0]
-        block = torch.zeros(n_work, length, dtype=torch.long, device=seqs.device)
-        torch.cumsum(~joined, dim=1, out=block[:, 1:])
-        flat_block = (block + (torch.arange(n_work, device=seqs.device) * length).unsqueeze(1)).reshape(-1)
+        ids = block[:n_work]
+        torch.cumsum(~joined, dim=1, out=ids[:, 1:])
+        flat_ids = (ids + offsets[:n_work]).reshape(-1)
         flat_values = values.reshape(-1)
-        high = torch.full((n_work * length,), -math.inf, dtype=seqs.dtype, device=seqs.device)
-        low = torch.full((n_work * length,), math.inf, dtype=seqs.dtype, device=seqs.device)
-        high.scatter_reduce_(0, flat_block, flat_values, reduce="amax")
-        low.scatter_reduce_(0, flat_block, flat_values, reduce="amin")
-        level = ((high + low) / 2)[flat_block].reshape(n_work, length)
+        # block slots that no position uses keep stale values: they are never read
+        block_high = high[: n_work * length].scatter_reduce_(0, flat_ids, flat_values, "amax", include_self=False)
+        block_low = low[: n_work * length].scatter_reduce_(0, flat_ids, flat_values, "amin", include_self=False)
+        level = block_high.add(block_low).mul_(0.5)[flat_ids].reshape(n_work, length)
         violation = level[:, 1:] < level[:, :-1]
         unfinished = violation.any(dim=1)
+        if not bool(unfinished.any()):
+            out[rows] = level
+            break
         finished = ~unfinished
         out[rows[finished]] = level[finished]
-        if not bool(unfinished.any()):
-            break
-        # sequences without a violation are final: only the others go round again
         rows, values = rows[unfinished], values[unfinished]
         joined = joined[unfinished] | violation[unfinished]
     return out
@@ -112,7 +117,9 @@ def trapezoid_weights(n_points: int, dtype=torch.float64, device=None) -> Tensor
 def _weighted_mean(masks: Tensor, weights: Optional[Tensor]) -> Tensor:
     if weights is None:
         return masks.mean(dim=-1)
-    return (masks * weights.unsqueeze(-2)).sum(dim=-1)
+    if weights.dim() == 1:
+        return torch.matmul(masks, weights)
+    return torch.matmul(masks, weights.unsqueeze(-1)).squeeze(-1)
 
 
 def constant_speed(masks: Tensor, weights: Optional[Tensor] = None) -> Tensor:
@@ -134,25 +141,24 @@ def constant_speed(masks: Tensor, weights: Optional[Tensor] = None) -> Tensor:
     Returns:
         tensor of ``masks``' shape.
     """
-    n_points = masks.shape[-2]
+    n_points, n_groups = masks.shape[-2:]
     lead = masks.shape[:-2]
-    mean = _weighted_mean(masks, weights)
+    mean = _weighted_mean(masks, weights).reshape(-1, n_points)
     mean = torch.cummax(mean, dim=-1).values  # rounding could break monotonicity of the mean
     times = torch.linspace(0, 1, n_points, dtype=masks.dtype, device=masks.device)
-    flat_mean = mean.reshape(-1, n_points).contiguous()
-    flat_times = times.expand(flat_mean.shape[0], n_points).contiguous()
     # segment j such that mean[j] <= t < mean[j + 1] (the last point uses the last segment)
-    seg = torch.searchsorted(flat_mean, flat_times, right=True) - 1
-    seg = seg.clamp(0, n_points - 2).reshape(lead + (n_points,))
-    m_lo = torch.gather(mean, -1, seg)
-    m_hi = torch.gather(mean, -1, seg + 1)
-    span = m_hi - m_lo
-    frac = torch.where(span > 0, (times - m_lo) / torch.where(span > 0, span, torch.ones_like(span)), 0.0)
-    frac = frac.clamp(0, 1).unsqueeze(-1)
-    index = seg.unsqueeze(-1).expand(lead + (n_points, masks.shape[-1]))
-    lo = torch.gather(masks, -2, index)
-    hi = torch.gather(masks, -2, index + 1)
-    out = lo + (hi - lo) * frac
+    seg = torch.searchsorted(mean, times.expand(mean.shape[0], n_points).contiguous(), right=True) - 1
+    seg = seg.clamp_(0, n_points - 2)
+    m_lo = torch.gather(mean, 1, seg)
+    span = torch.gather(mean, 1, seg + 1) - m_lo
+    flat_span = torch.where(span > 0, span, torch.ones_like(span))
+    frac = torch.where(span > 0, (times - m_lo) / flat_span, torch.zeros_like(span)).clamp_(0, 1)
+    # whole rows (masks) are interpolated: pick them by flat row index
+    rows = (seg + torch.arange(mean.shape[0], device=masks.device).unsqueeze(1) * n_points).reshape(-1)
+    flat = masks.reshape(-1, n_groups)
+    lo = flat.index_select(0, rows)
+    out = torch.lerp(lo, flat.index_select(0, rows + 1), frac.reshape(-1, 1).to(masks.dtype))
+    out = out.reshape(lead + (n_points, n_groups))
     out[..., 0, :] = 0
     out[..., -1, :] = 1
     return out
