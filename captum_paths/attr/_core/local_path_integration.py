@@ -82,7 +82,7 @@ def interpolate(starts: Tensor, inputs: Tensor, alphas: Tensor) -> Tuple[Tensor,
     """
     spans = inputs.unsqueeze(0) - starts
     a = alphas.to(device=spans.device, dtype=spans.dtype).reshape(tuple(alphas.shape) + (1,) * (spans.dim() - 2))
-    points = (starts + a * spans).reshape((-1,) + tuple(spans.shape[2:]))
+    points = torch.addcmul(starts, a, spans).reshape((-1,) + tuple(spans.shape[2:]))
     return points, spans
 
 
@@ -317,7 +317,7 @@ class LocalPathIntegration(GradientAttribution):
                 )
                 with torch.no_grad():
                     for total, g, d in zip(totals, grads, spans):
-                        total[examples] += (d * g.reshape(d.shape)).sum(0)
+                        total[examples] += d.mul_(g.reshape(d.shape)).sum(0)  # spans are not needed again
                 bar.update(1)
         return totals
 
