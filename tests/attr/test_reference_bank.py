@@ -229,3 +229,12 @@ def test_fit_errors(digits, digits_cnn):
     with pytest.raises(ValueError, match="not fitted"):
         unfitted.save("never-written.pt")
     assert not os.path.exists("never-written.pt")
+
+
+def test_a_loaded_bank_for_another_input_shape_is_refused_by_name(bank, digits_cnn, tmp_path):
+    from captum_paths import LocalPathIntegration
+
+    bank.save(tmp_path / "bank16.pt")
+    loaded = ReferenceBank.load(tmp_path / "bank16.pt")
+    with pytest.raises(ValueError, match=r"shape \(1, 28, 28\) but the reference bank was fitted on inputs of shape \(1, 16, 16\)"):
+        LocalPathIntegration(digits_cnn, loaded).attribute(torch.zeros(2, 1, 28, 28), target=0)
