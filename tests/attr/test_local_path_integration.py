@@ -320,3 +320,7 @@ def test_tensors_stay_on_the_gpu(digits, digits_cnn, cnn_bank):
     assert attr.device == x.device and delta.device == x.device
     cpu = LocalPathIntegration(digits_cnn, cnn_bank).attribute(digits.x_test[:3], target=[0, 1, 2], n_samples=4, generator=0)
     assert torch.allclose(attr.cpu(), cpu, atol=1e-5)
+    on_gpu = LocalPathIntegration(model, cnn_bank).attribute(
+        x, target=0, n_samples=4, generator=torch.Generator(device="cuda").manual_seed(0)
+    )  # a CUDA generator draws on its device
+    assert on_gpu.device == x.device and torch.isfinite(on_gpu).all()

@@ -45,7 +45,7 @@ def draw_references_and_alphas(
     alpha_range: Tuple[float, float],
     generator: Optional[torch.Generator] = None,
 ) -> Tuple[Tensor, Tensor]:
-    """Monte Carlo draws of LPI for each example, on the CPU.
+    """Monte Carlo draws of LPI for each example (on the generator's device; returned on the CPU).
 
     Args:
         neighborhoods: ``(N,)`` long, each example's neighbourhood.
@@ -62,14 +62,17 @@ def draw_references_and_alphas(
     """
     lo, hi = alpha_range
     n = neighborhoods.shape[0]
-    ids = torch.empty(n, n_samples, dtype=torch.long)
-    alphas = torch.empty(n, n_samples * n_alphas, dtype=torch.float64)
+    # draw where the generator lives (a CUDA generator draws on its GPU), return on the CPU
+    device = generator.device if generator is not None else torch.device("cpu")
+    probabilities, reference_rows = probabilities.to(device), reference_rows.to(device)
+    ids = torch.empty(n, n_samples, dtype=torch.long, device=device)
+    alphas = torch.empty(n, n_samples * n_alphas, dtype=torch.float64, device=device)
     for i, g in enumerate(neighborhoods.tolist()):
         local = torch.multinomial(probabilities[g], n_samples, replacement=True, generator=generator)
         ids[i] = reference_rows[g, local]
-        alphas[i] = torch.rand(n_samples * n_alphas, dtype=torch.float64, generator=generator)
+        alphas[i] = torch.rand(n_samples * n_alphas, dtype=torch.float64, device=device, generator=generator)
     alphas = lo + (hi - lo) * alphas
-    return ids.repeat_interleave(n_alphas, dim=1), alphas
+    return ids.repeat_interleave(n_alphas, dim=1).cpu(), alphas.cpu()
 
 
 def interpolate(starts: Tensor, inputs: Tensor, alphas: Tensor) -> Tuple[Tensor, Tensor]:
@@ -192,8 +195,8 @@ class LocalPathIntegration(GradientAttribution):
             return_convergence_delta (bool): also return ``delta`` ``(N,)``: the attributions' sum minus
                 ``f_t(x) - mean_j f_t(x'_j)`` over the references drawn (``N * n_samples`` extra
                 forward passes without gradients). Zero in expectation when ``alpha_range=(0, 1)``.
-            generator (torch.Generator or int, optional): source of every random draw (a CPU
-                generator; an int seeds a fresh one). Default None: torch's global generator.
+            generator (torch.Generator or int, optional): source of every random draw (a CPU or CUDA
+                generator; an int seeds a fresh CPU one). Default None: torch's global CPU generator.
             show_progress (bool): show a progress bar over the gradient passes.
 
         Returns:
