@@ -12,7 +12,9 @@
    ``--repeats`` interleaved runs (the machine is shared); the medians are printed too.
 2. Memory: peak resident memory of one ``attribute`` call, in a fresh subprocess per ``m``, as the
    rise of the kernel's high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs`` right before
-   the call) above the resident size just before it. GGIG keeps a running maximum, so this must be flat
+   the call) above the resident size just before it, with glibc's mmap threshold fixed at 64 KiB so
+   that freed tensor buffers leave the resident set (otherwise fragmentation adds tens of MiB of noise).
+   GGIG keeps a running maximum, so this must be flat
    in ``m``. For contrast the same is measured for a naive implementation that stores every gradient
    and takes the maximum at the end (what the authors' code does), which grows linearly in ``m``.
 """
@@ -159,7 +161,12 @@ def memory(args):
             ]
             if args.memory_internal_batch_size is not None:
                 cmd += ["--memory-internal-batch-size", str(args.memory_internal_batch_size)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            # glibc serves large blocks from its heap once its dynamic mmap threshold has grown, and
+            # keeps freed heap memory: the resident size then depends on fragmentation, not on what is
+            # alive. A fixed, small threshold maps every tensor buffer and unmaps it on free, so the
+            # high-water mark measures the live memory.
+            env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
             result = json.loads(out.strip().splitlines()[-1])
             label = "GGIG (running max)" if mode == "ggig" else "naive (store all)"
             print(
