@@ -33,6 +33,8 @@ def test_random_attributions_are_not_sensitive_and_seed_reproduces():
     b = sensitivity_n(model, x, attr, n=4, generator=torch.Generator().manual_seed(7), n_subsets=50,
                       max_examples_per_batch=13)
     assert a.shape == (3,) and torch.equal(a, b)
+    first = sensitivity_n(model, x[:1], attr[:1], n=4, generator=7, n_subsets=50)  # draws go example by example
+    torch.testing.assert_close(first[0], a[0], atol=1e-12, rtol=0)
     assert bool((a < 0.9).all())
 
 
@@ -42,7 +44,8 @@ def test_correlation_follows_its_definition_on_a_nonlinear_model():
     attr = torch.randn(2, 6, generator=g, dtype=torch.float64)
     model = lambda t: (t ** 2).sum(1, keepdim=True) + t[:, :1] * t[:, 1:2]  # noqa: E731
     got = sensitivity_n(model, x, attr, n=2, n_subsets=20, generator=5)
-    members = random_subsets(2, 20, 6, 2, torch.Generator().manual_seed(5), x.device)
+    gen = torch.Generator().manual_seed(5)  # drawn example by example, as sensitivity_n does
+    members = torch.cat([random_subsets(1, 20, 6, 2, gen, x.device) for _ in range(2)])
     for i in range(2):
         perturbed = torch.where(members[i], torch.zeros(1, dtype=x.dtype), x[i])
         drops = model(x[i : i + 1]) - model(perturbed)

@@ -8,6 +8,7 @@ from torch import Tensor
 from captum_paths.attr._utils.baselines import resolve_baselines
 from captum_paths.attr._utils.captum_compat import format_additional_forward_args, run_forward
 from captum_paths.attr._utils.features import flatten_inputs, unflatten_inputs
+from captum_paths.attr._utils.progress import chunk_slices, progress_bar
 from captum_paths.attr._utils.validation import check_generator, check_positive_int
 from captum_paths.metrics._core._common import (
     TensorOrTuple,
@@ -82,6 +83,11 @@ def sensitivity_n(
     ``n``). The correlation is ``nan`` when either side has no variance over the subsets (e.g. ``n``
     equal to the number of features, which allows a single subset).
 
+    Subsets are drawn from ``generator`` example by example and, within an example, size by size, so
+    the first example of a batch gets the same subsets as when it is evaluated alone with the same seed,
+    and ``max_examples_per_batch`` does not change the draws. The perturbed inputs of a block of
+    examples (all sizes and subsets) are forwarded together in chunks of ``max_examples_per_batch``.
+
     Args:
         forward_func (Callable): the model or any function of the inputs returning its output.
         inputs (Tensor or tuple of Tensor): ``(N, ...)`` examples.
@@ -94,7 +100,7 @@ def sensitivity_n(
         n_subsets (int): random subsets per example and size (at least 2). Default: 100.
         generator (int or torch.Generator, optional): seed of the subsets (and of a random baseline).
         max_examples_per_batch (int, optional): at most this many perturbed inputs per forward pass.
-            Default: None (all ``N * n_subsets`` of one size at once).
+            Default: None (every subset of every size of a block of examples at once).
         show_progress (bool): tqdm progress over forward batches. Default: False.
         score: ``"logit"`` (Ancona et al.'s output), ``"softmax"`` or a callable ``(output, target)``.
 
@@ -123,29 +129,44 @@ def sensitivity_n(
         afa = format_additional_forward_args(additional_forward_args)
         input_scores = score_fn(run_forward(forward_func, detached, None, afa), target, n_ex)
 
-    row_examples = torch.arange(n_ex, device=device).repeat_interleave(n_subsets)
-    result = torch.empty(n_ex, len(sizes), dtype=input_scores.dtype, device=device)
-    for j, size in enumerate(sizes):
-        members = random_subsets(n_ex, n_subsets, n_groups, size, gen, device)  # (N, S, G)
-        subset_attr = (group_attr.unsqueeze(1) * members.to(group_attr.dtype)).sum(-1)  # (N, S)
+    n_sizes = len(sizes)
+    result = torch.empty(n_ex, n_sizes, dtype=input_scores.dtype, device=device)
+    # Subsets are drawn example by example, size by size (so the draws do not depend on the chunking),
+    # and held for a block of examples at a time: at most ~2**24 membership flags, whatever N is.
+    block = max(1, (1 << 24) // (n_sizes * n_subsets * n_groups))
+    blocks = chunk_slices(n_ex, block)
+    per_example = n_sizes * n_subsets
+    with progress_bar(show_progress and len(blocks) > 1, total=len(blocks), desc="sensitivity-n") as bar:
+        for blk in blocks:
+            examples = torch.arange(blk.start, blk.stop, device=device)
+            members = torch.stack(
+                [
+                    random_subsets(1, n_subsets, n_groups, size, gen, device)[0]
+                    for _ in range(len(examples))
+                    for size in sizes
+                ]
+            ).reshape(len(examples), n_sizes, n_subsets, n_groups)
+            subset_attr = (group_attr[blk].reshape(-1, 1, 1, n_groups) * members.to(group_attr.dtype)).sum(-1)
 
-        def make_rows(rows: Tensor, members=members) -> Tuple[Tensor, ...]:
-            example, s = rows // n_subsets, rows % n_subsets
-            off = members[example, s].gather(1, ids[example])
-            return unflatten_inputs(torch.where(off, baseline_flat[example], x_flat[example]), detached)
+            def make_rows(rows: Tensor, members=members, start=blk.start) -> Tuple[Tensor, ...]:
+                local, rest = rows // per_example, rows % per_example
+                example = local + start
+                off = members[local, rest // n_subsets, rest % n_subsets].gather(1, ids[example])
+                return unflatten_inputs(torch.where(off, baseline_flat[example], x_flat[example]), detached)
 
-        perturbed = evaluate_rows(
-            forward_func,
-            make_rows,
-            row_examples,
-            n_ex,
-            target,
-            additional_forward_args,
-            score_fn,
-            max_examples_per_batch,
-            show_progress,
-            desc=f"sensitivity-{size}",
-        ).reshape(n_ex, n_subsets)
-        drops = input_scores.unsqueeze(1) - perturbed
-        result[:, j] = pearson(subset_attr.to(drops.dtype), drops)
+            perturbed = evaluate_rows(
+                forward_func,
+                make_rows,
+                examples.repeat_interleave(per_example),
+                n_ex,
+                target,
+                additional_forward_args,
+                score_fn,
+                max_examples_per_batch,
+                show_progress and len(blocks) == 1,
+                desc="sensitivity-n",
+            ).reshape(len(examples), n_sizes, n_subsets)
+            drops = input_scores[blk].reshape(-1, 1, 1) - perturbed
+            result[blk] = pearson(subset_attr.to(drops.dtype), drops)
+            bar.update(1)
     return result[:, 0] if single else result
