@@ -1,0 +1,196 @@
+"""Writes the benchmark's results: a Table-1-style table (stdout and ``results.md``), ``results.json``
+with every knob, the seed papers' headline claims checked on this run, and two figures."""
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = ["COLUMNS", "format_table", "check_claims", "format_claims", "to_json", "write_results"]
+
+# (key in per_image, header, better direction, decimals)
+COLUMNS: Tuple[Tuple[str, str, str, int], ...] = (
+    ("samp_deletion", "SAMP Del ↓", "lower", 3),
+    ("samp_insertion", "SAMP Ins ↑", "higher", 3),
+    ("rise_deletion", "RISE Del ↓", "lower", 3),
+    ("rise_insertion", "RISE Ins ↑", "higher", 3),
+    ("diffid", "DiffID ↑", "higher", 3),
+    ("pointing_game", "Pointing ↑", "higher", 2),
+)
+_COST = (("seconds_per_image", "s / img", 3), ("forward_per_image", "fwd / img", 0), ("backward_per_image", "bwd / img", 0))
+
+
+def _fmt(mean: float, std: float, decimals: int) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+def format_table(results: Dict[str, Any]) -> str:
+    """A markdown table: one row per method, mean ± std over the images, the best entry in bold."""
+    methods = results["methods"]
+    cols = [c for c in COLUMNS if any(c[0] in m["summary"] for m in methods.values())]
+    best = {}
+    for key, _, direction, _ in cols:
+        vals = {n: m["summary"][key]["mean"] for n, m in methods.items()
+                if key in m["summary"] and n != "random" and not math.isnan(m["summary"][key]["mean"])}
+        if vals:
+            best[key] = (min if direction == "lower" else max)(vals, key=vals.get)
+    header = ["Method"] + [c[1] for c in cols] + [c[1] for c in _COST]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for name, m in methods.items():
+        row = [m["label"]]
+        for key, _, _, dec in cols:
+            if key not in m["summary"]:
+                row.append("n/a")
+                continue
+            s = m["summary"][key]
+            cell = _fmt(s["mean"], s["std"], dec)
+            row.append(f"**{cell}**" if best.get(key) == name else cell)
+        for key, _, dec in _COST:
+            row.append(f"{m[key]:.{dec}f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _paired(results, a: str, b: str, key: str, direction: str) -> Optional[Dict[str, Any]]:
+    """Is method ``a`` better than ``b`` on ``key``? Mean difference, wins and a paired test."""
+    methods = results["methods"]
+    if a not in methods or b not in methods or key not in methods[a]["per_image"] or key not in methods[b]["per_image"]:
+        return None
+    va = np.asarray(methods[a]["per_image"][key], dtype=float)
+    vb = np.asarray(methods[b]["per_image"][key], dtype=float)
+    diff = va - vb if direction == "higher" else vb - va  # > 0 means a is better
+    p = float("nan")
+    if len(diff) > 1 and np.any(diff != diff[0]):
+        from scipy.stats import wilcoxon
+
+        try:
+            p = float(wilcoxon(diff).pvalue)
+        except ValueError:
+            pass
+    return {
+        "a": a, "b": b, "metric": key, "better": direction,
+        "mean_a": float(va.mean()), "mean_b": float(vb.mean()),
+        "a_better_on_mean": bool(diff.mean() > 0),
+        "images_a_better": int((diff > 0).sum()), "images_b_better": int((diff < 0).sum()), "n": int(len(diff)),
+        "wilcoxon_p": p,
+    }
+
+
+# The seed papers' headline claims, as comparisons between two methods on one metric.
+CLAIMS = (
+    ("SAMP paper: SAMP++ beats IG on deletion (SAMP protocol)", "samp++", "ig", "samp_deletion", "lower"),
+    ("SAMP paper: SAMP++ beats IG on insertion (SAMP protocol)", "samp++", "ig", "samp_insertion", "higher"),
+    ("LPI paper: LPI's DiffID above IG", "lpi", "ig", "diffid", "higher"),
+    ("LPI paper: LPI's DiffID above expected gradients", "lpi", "eg", "diffid", "higher"),
+    ("GGIG paper: GGIG against IG on deletion (SAMP protocol)", "ggig", "ig", "samp_deletion", "lower"),
+    ("GGIG paper: GGIG against IG on insertion (SAMP protocol)", "ggig", "ig", "samp_insertion", "higher"),
+    ("GGIG paper: GGIG against IG on DiffID", "ggig", "ig", "diffid", "higher"),
+)
+
+
+def check_claims(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    out = []
+    for text, a, b, key, direction in CLAIMS:
+        r = _paired(results, a, b, key, direction)
+        if r is not None:
+            out.append(dict(r, claim=text, reproduced=r["a_better_on_mean"]))
+    return out
+
+
+def format_claims(claims: Sequence[Dict[str, Any]]) -> str:
+    if not claims:
+        return "(no claim could be checked: a method it needs was not run)"
+    lines = []
+    for c in claims:
+        verdict = "reproduced" if c["reproduced"] else "NOT reproduced"
+        lines.append(
+            f"- {c['claim']}: **{verdict}** (means {c['mean_a']:.3f} vs {c['mean_b']:.3f}; {c['a']} better on "
+            f"{c['images_a_better']}/{c['n']} images, worse on {c['images_b_better']}; Wilcoxon p = {c['wilcoxon_p']:.2g})"
+        )
+    return "\n".join(lines)
+
+
+def to_json(results: Dict[str, Any]) -> str:
+    """Everything except the tensors kept for the figures (keys starting with ``_``)."""
+    public = {k: v for k, v in results.items() if not k.startswith("_")}
+    return json.dumps(public, indent=1, default=_json_default, allow_nan=True)
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, tuple):
+        return list(obj)
+    return str(obj)
+
+
+def markdown_report(results: Dict[str, Any]) -> str:
+    cfg, model, prot = results["config"], results["model"], results["protocols"]
+    lines = [
+        "# captum_paths benchmark",
+        "",
+        f"Data: {results['data']['name']} ({results['data']['source']}; {results['data']['split']}); "
+        f"{cfg['n_images']} test images, seed {cfg['seed']}. Model: {model['architecture']}, test accuracy "
+        f"{model['test_accuracy']:.4f} on {model['accuracy_on']}.",
+        f"Pointing game: {cfg['n_localization']} synthetic localisation images"
+        + (f", model test accuracy {model['localization_model']['test_accuracy']:.4f}." if "localization_model" in model else "."),
+        "",
+        format_table(results),
+        "",
+        "Mean ± std over the images (best non-random entry in bold). Protocols: "
+        f"SAMP = logit, curve / input logit, mean of points, {prot['samp']['step']} px per step; "
+        f"RISE = softmax, trapezoid AUC, {prot['rise']['step']} px per step; deletion to zeros, insertion from "
+        f"blur; DiffID = area of insertion - deletion over ratios 0.1..0.9 (mean fill); pointing game tolerance "
+        f"{prot['pointing_game']['tolerance']} px. Target: {prot['target']}. Cost columns exclude one-off set-up "
+        "(LPI's bank fit), which results.json records as setup_seconds.",
+        "",
+        "## Headline claims of the seed papers on this run",
+        "",
+        format_claims(results.get("claims", [])),
+        "",
+        f"Total time {results['total_seconds']:.0f} s; torch {results['environment']['torch']}, "
+        f"captum {results['environment']['captum']}, device {results['environment']['device']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: Dict[str, Any], out: str, figures: bool = True) -> Dict[str, Path]:
+    """Write ``results.md``, ``results.json`` and (with ``figures``) ``attributions.png`` and
+    ``curves.png`` into ``out``; returns the paths written."""
+    directory = Path(out).expanduser()
+    directory.mkdir(parents=True, exist_ok=True)
+    results.setdefault("claims", check_claims(results))
+    paths = {"markdown": directory / "results.md", "json": directory / "results.json"}
+    paths["markdown"].write_text(markdown_report(results), encoding="utf-8")
+    paths["json"].write_text(to_json(results), encoding="utf-8")
+    if figures and "_images" in results:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from captum_paths.visualization import plot_attribution_grid, plot_insertion_deletion_curves
+
+        labels = {n: m["label"] for n, m in results["methods"].items()}
+        n_show = min(6, len(results["_images"]))
+        fig, _ = plot_attribution_grid(
+            results["_images"][:n_show],
+            {labels[n]: a[:n_show] for n, a in results["_attributions"].items()},
+            titles=[f"pred {int(t)}" for t in results["_targets"][:n_show]],
+        )
+        paths["attributions"] = directory / "attributions.png"
+        fig.savefig(paths["attributions"], dpi=80, bbox_inches="tight")
+        plt.close(fig)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, kind, title in zip(axes, ("samp_deletion", "samp_insertion"),
+                                   ("Deletion (SAMP protocol, lower is better)", "Insertion (SAMP protocol, higher is better)")):
+            curves = {labels[n]: (c[kind]["fractions"], c[kind]["mean"]) for n, c in results["curves"].items()}
+            plot_insertion_deletion_curves(curves, plt_fig_axis=(fig, ax), title=title,
+                                           ylabel="logit / input logit")
+        paths["curves"] = directory / "curves.png"
+        fig.savefig(paths["curves"], dpi=80, bbox_inches="tight")
+        plt.close(fig)
+    return paths
