@@ -137,10 +137,10 @@ def test_batched_equals_one_at_a_time_and_chunking_is_invisible(digits, digits_c
         chunked = deletion(digits_cnn64, x, attr, target=y, step=16, score="softmax", return_curves=True,
                            max_examples_per_batch=chunk)[1]
         torch.testing.assert_close(chunked, full, atol=1e-12, rtol=0)
+    both = insertion(digits_cnn64, x, attr, target=y, step=16, return_curves=True)[1]
     for i in range(5):
         single = insertion(digits_cnn64, x[i : i + 1], attr[i : i + 1], target=int(y[i]), step=16,
                            return_curves=True)[1]
-        both = insertion(digits_cnn64, x, attr, target=y, step=16, return_curves=True)[1]
         torch.testing.assert_close(single[0], both[i], atol=1e-12, rtol=0)
 
 
