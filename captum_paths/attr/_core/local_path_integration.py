@@ -144,8 +144,9 @@ class LocalPathIntegration(GradientAttribution):
     weights each by its density and then averages over references, which scales the attribution by
     ``1 / n_references``; we draw references by density (the paper's expectation, and the issue's
     Monte Carlo estimate), which is unbiased and keeps completeness in expectation. The gradient is that
-    of the target output as returned by ``forward_func`` (Captum convention; the code differentiates the
-    log-likelihood of the label, i.e. the logit for models returning log-probabilities).
+    of the target output of ``forward_func`` (Captum convention); the authors differentiate
+    ``-nll_loss`` of the raw model output, i.e. the target logit, which is what a ``forward_func``
+    returning logits gives.
 
     Args:
         forward_func (callable): the model, or any function returning its outputs ``(N, ...)``. Its
