@@ -64,7 +64,8 @@ def main():
     data = load_digits_images(size=args.size, seed=0)
     torch.manual_seed(0)
     model = train_classifier(SmallDigitsCNN(channels=args.channels), data.x_train, data.y_train, epochs=8, seed=0)
-    print(f"digits {args.size}x{args.size}, SmallDigitsCNN(channels={args.channels}) test accuracy {accuracy(model, data.x_test, data.y_test):.3f}")
+    test_accuracy = accuracy(model, data.x_test, data.y_test)
+    print(f"digits {args.size}x{args.size}, SmallDigitsCNN(channels={args.channels}) test accuracy {test_accuracy:.3f}")
     x = data.x_test[: args.n]
     with torch.no_grad():
         target = model(x).argmax(1)

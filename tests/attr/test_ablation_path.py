@@ -334,6 +334,7 @@ def test_deterministic_and_random_baselines_reproducible(digits, digits_cnn64):
 def test_show_progress_runs(digits, digits_cnn, capsys):
     attr = AblationPath(digits_cnn).attribute(digits.x_test[:1], target=0, show_progress=True, n_points=4, iterations=1)
     assert attr.shape == (1, 1, 16, 16)
+    assert "AblationPath" in capsys.readouterr().err
 
 
 # --- bad input -----------------------------------------------------------------------------------

@@ -48,7 +48,8 @@ def is_nondecreasing(z: torch.Tensor, dim: int = -1) -> bool:
     [
         ([0.0, 1.0, 2.0], [0.0, 1.0, 2.0]),  # already monotone: unchanged
         ([1.0, 0.0], [0.5, 0.5]),  # one descent: both take the midpoint
-        ([0.0, 3.0, 1.0, 2.0, 4.0], [0.0, 2.0, 2.0, 2.0, 4.0]),  # run 3,1 -> level 2; its right neighbour 2 is no violation
+        # run 3,1 -> level 2; its right neighbour 2 is no violation and stays
+        ([0.0, 3.0, 1.0, 2.0, 4.0], [0.0, 2.0, 2.0, 2.0, 4.0]),
         ([2.5, 3.0, 1.0], [2.0, 2.0, 2.0]),  # the left neighbour 2.5 > level 2 joins the run (growth)
         ([5.0, 0.0, 4.0, 3.9], [2.5, 2.5, 3.95, 3.95]),  # two runs, levels in order: no merge
         ([0.0, 4.0, 1.0, 3.0, 0.5, 5.0], [0.0, 2.25, 2.25, 2.25, 2.25, 5.0]),  # runs 4,1 and 3,0.5 merge

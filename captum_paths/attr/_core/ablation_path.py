@@ -202,7 +202,14 @@ class AblationPath(GradientAttribution):
     Choices where the paper leaves room (documented so that results can be compared):
 
     * The defaults of ``n_points``, ``step_size``, ``momentum`` and ``filter_sigma`` are ours, picked on
-      the digits CNN (the paper gives 20-40 iterations and zeta = 0.8, which are our defaults).
+      the digits CNN: the paper's values for them were not available to us (it gives 20-40 iterations
+      and zeta = 0.8, which are our defaults). ``filter_sigma`` is in pixels, so large images may want
+      a larger value.
+    * The max-norm normalisation divides each example's update by its largest entry over all path
+      points and features, so ``step_size`` is the largest change of any mask value per step (before
+      momentum).
+    * ``saturation`` (and ``stop_saturation``) is our measure of how binary the masks are, the mean of
+      :math:`|2\phi - 1|`; the paper's own stopping rule was not available to us.
     * :math:`P` uses the trapezoid rule; its gradient skips the two fixed end points, so one iteration
       costs ``T - 2`` forward+backward passes per example.
     * With a ``feature_mask`` the masks live on the groups, the constant-speed constraint weights each
