@@ -83,10 +83,15 @@ def _attr_panel(ax, fig, attribution: Any, image: Any = None, sign: str = "all",
     img = _hwc(image) if image is not None else None
     if method != "heat_map" and img is None:
         method = "heat_map"
-    with warnings.catch_warnings():  # an all-zero map makes Captum warn about normalising by ~0
-        warnings.simplefilter("ignore")
-        viz.visualize_image_attr(attr, img, method=method, sign=sign, plt_fig_axis=(fig, ax),
-                                 outlier_perc=outlier_perc, use_pyplot=False)
+    try:
+        with warnings.catch_warnings():  # near-zero maps make Captum warn about normalising by ~0
+            warnings.simplefilter("ignore")
+            viz.visualize_image_attr(attr, img, method=method, sign=sign, plt_fig_axis=(fig, ax),
+                                     outlier_perc=outlier_perc, use_pyplot=False)
+    except AssertionError:
+        # Captum refuses to normalise a map with nothing to show under ``sign`` (e.g. all zeros,
+        # as the attribution accumulated at a path's first point is): draw it as the empty map it is
+        ax.imshow(np.ones(attr.shape[:2]), cmap="gray", vmin=0, vmax=1)  # white, as Captum draws zero
     ax.set_xticks([])
     ax.set_yticks([])
 

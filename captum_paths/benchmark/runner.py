@@ -324,13 +324,27 @@ def _summary(values) -> Dict[str, float]:
 
 
 def run_benchmark(cfg: BenchmarkConfig) -> Dict[str, Any]:
-    """Run the benchmark described by ``cfg``; returns the results dict that the report writes."""
+    """Run the benchmark described by ``cfg``; returns the results dict that the report writes.
+
+    torch's thread count is set to ``cfg.threads`` for the run and restored afterwards.
+    """
+    methods = validate_config(cfg)
+    threads_before = torch.get_num_threads()
+    try:
+        with warnings.catch_warnings():
+            # Captum's Saliency / InputXGradient warn that they switch on input gradients: expected
+            warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
+            if cfg.threads:  # 0 / None: keep torch's default
+                torch.set_num_threads(cfg.threads)
+            return _run(cfg, methods)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(cfg: BenchmarkConfig, methods: List[str]) -> Dict[str, Any]:
     from tqdm.auto import tqdm
 
-    methods = validate_config(cfg)
     device = torch.device(cfg.device)
-    if cfg.threads:  # 0 / None: keep torch's default
-        torch.set_num_threads(cfg.threads)
     n_images = cfg.resolved_n_images()
     n_loc = cfg.resolved_n_localization()
     started = time.perf_counter()
