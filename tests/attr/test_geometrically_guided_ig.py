@@ -484,3 +484,11 @@ def test_gradient_func_is_swappable(quadratic):
     ggig.gradient_func = doubled
     torch.testing.assert_close(ggig.attribute(x, target=1, n_steps=2, n_iterations=1), 2 * plain, rtol=0, atol=0)
     assert calls == [6]
+
+
+def test_diverging_ascent_warns():
+    a = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    model = DiagonalQuadratic(a, torch.zeros_like(a))  # convex: the ascent grows by (1 + lr) a step
+    x = torch.ones(1, 2, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="learning_rate"):
+        GeometricallyGuidedIG(model).attribute(x, target=0, n_steps=1, n_iterations=1100, learning_rate=1.0)

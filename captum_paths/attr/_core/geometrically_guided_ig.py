@@ -1,5 +1,6 @@
 """Geometrically Guided Integrated Gradients (Rahman, Lewis & Plis, 2022)."""
 import math
+import warnings
 from numbers import Real
 from typing import Any, Callable, List, Optional, Tuple, Union
 
@@ -323,6 +324,14 @@ class GeometricallyGuidedIG(GradientAttribution):
             internal_batch_size,
             show_progress,
         )
+        if not all(bool(torch.isfinite(a).all()) for a in attributions):
+            warnings.warn(
+                "GeometricallyGuidedIG: some attributions are not finite: the gradient ascent diverged "
+                f"(learning_rate={learning_rate:g} is too large for this model) or the model's gradient is "
+                "not finite",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         if self._multiply_by_inputs:
             attributions = tuple(a * (x - b) for a, x, b in zip(attributions, inputs_tuple, baselines_tuple))
         output = format_output(is_inputs_tuple, attributions)
@@ -440,7 +449,9 @@ class GeometricallyGuidedIG(GradientAttribution):
                 bar.update(n_rows)
             else:
                 active_examples = example_index.index_select(0, active)
-                current = tuple(p.index_select(0, active).requires_grad_() for p in points)
+                with torch.no_grad():
+                    current = tuple(p.index_select(0, active) for p in points)
+                current = tuple(c.requires_grad_() for c in current)
                 grads, _ = summed_gradients_and_scores(
                     self.gradient_func,
                     self.forward_func,
@@ -459,11 +470,12 @@ class GeometricallyGuidedIG(GradientAttribution):
             with torch.no_grad():
                 norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).pow(2).sum(dim=1) for g in grads))
                 still = norms > tolerance
-                if bool(still.all()):
+                n_stopped = int(still.numel() - still.sum())
+                if n_stopped == 0:
                     continue
+                bar.update(n_stopped * (n_iterations - iteration - 1))  # the gradients they skip
                 active = (torch.arange(n_rows, device=norms.device) if active is None else active)[still]
                 if active.numel() == 0:
-                    bar.update(n_rows * (n_iterations - iteration - 1))
                     break
         for p in points:
             p.requires_grad_(False)
