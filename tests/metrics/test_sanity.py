@@ -1,12 +1,18 @@
 """Sanity checks: randomisation and sigma-perturbation on the trained digits CNN."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 from captum.attr import IntegratedGradients, Saliency
 
 from captum_paths.metrics import SanityCheckResult, model_randomization_check, sigma_perturbation_check
-from captum_paths.metrics._core.sanity import explanation_similarities, randomization_layers
+from captum_paths.metrics._core.sanity import (
+    explanation_similarities,
+    randomization_layers,
+    saliency_maps,
+    ssim_of_maps,
+)
 
 
 def _snapshot(model):
@@ -46,6 +52,8 @@ def test_cascading_randomisation_similarity_falls_and_model_untouched(digits_cnn
     assert mean_sim[-1] < 0.5 < mean_sim[0]  # the fully random model explains differently
     assert mean_sim[1] < 0.9  # already the top layer alone changes the maps
     assert res.accuracy[0] > 0.8 and res.accuracy[-1] < 0.5
+    assert res.ssim.shape == (4, 12) and torch.allclose(res.ssim[0], torch.ones(12, dtype=torch.float64))
+    assert res.ssim[-1].mean() < res.ssim[0].mean() - 0.2
     torch.testing.assert_close(res.values, torch.arange(4, dtype=torch.float64))
     # the same seed gives the same check; the callable form equals the class form
     fn = lambda model, inputs, target: Saliency(model).attribute(inputs, target=target, abs=False)  # noqa: E731
@@ -102,3 +110,28 @@ def test_bad_input(digits_cnn, batch):
     with pytest.raises(TypeError, match="model"):
         sigma_perturbation_check(lambda t: t, Saliency, x, target=y)
     assert randomization_layers(digits_cnn) == ["head", "features.3", "features.0"]
+
+
+def _ssim_by_windows(a, b, win=7, c1=1e-4, c2=9e-4):
+    """SSIM written window by window with numpy (sample statistics), for one pair of maps."""
+    vals = []
+    for i in range(a.shape[0] - win + 1):
+        for j in range(a.shape[1] - win + 1):
+            x, y = a[i : i + win, j : j + win].ravel(), b[i : i + win, j : j + win].ravel()
+            cov = np.cov(x, y, ddof=1)
+            vals.append(((2 * x.mean() * y.mean() + c1) * (2 * cov[0, 1] + c2))
+                        / ((x.mean() ** 2 + y.mean() ** 2 + c1) * (cov[0, 0] + cov[1, 1] + c2)))
+    return float(np.mean(vals))
+
+
+def test_ssim_matches_a_window_by_window_computation():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, 9, 11, generator=g, dtype=torch.float64), torch.rand(2, 9, 11, generator=g, dtype=torch.float64)
+    b[1] = 0.7 * a[1] + 0.1
+    got = ssim_of_maps(a, b)
+    for i in range(2):
+        assert got[i].item() == pytest.approx(_ssim_by_windows(a[i].numpy(), b[i].numpy()), abs=1e-12)
+    torch.testing.assert_close(ssim_of_maps(a, a), torch.ones(2, dtype=torch.float64))
+    assert torch.isnan(ssim_of_maps(a[:, :5, :5], b[:, :5, :5])).all()
+    maps = saliency_maps(torch.tensor([[1.0, -4.0, 2.0, 0.0]]), (1, 1, 2, 2))
+    torch.testing.assert_close(maps, torch.tensor([[[0.25, 1.0], [0.5, 0.0]]], dtype=torch.float64))

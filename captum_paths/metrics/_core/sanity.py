@@ -35,6 +35,8 @@ __all__ = [
     "sigma_perturbation_check",
     "randomization_layers",
     "explanation_similarities",
+    "saliency_maps",
+    "ssim_of_maps",
 ]
 
 AttributeFn = Union[type, Callable[[nn.Module, Any, Any], Any]]
@@ -51,6 +53,8 @@ class SanityCheckResult(NamedTuple):
         spearman_abs (Tensor): ``(S + 1, N)`` Spearman rank correlation of the absolute attributions.
         spearman (Tensor): ``(S + 1, N)`` Spearman rank correlation of the signed attributions.
         pearson_abs (Tensor): ``(S + 1, N)`` Pearson correlation of the absolute attributions.
+        ssim (Tensor or None): ``(S + 1, N)`` structural similarity of the normalised absolute maps (see
+            :func:`ssim_of_maps`), for a single ``(N, C, H, W)`` input of at least 7x7; else None.
         scores (Tensor): ``(S + 1, N)`` the model's score (``score`` rule) of the target on each input.
         agreement (Tensor): ``(S + 1,)`` fraction of examples whose top-1 class equals the original
             model's (``nan`` for outputs without a class dimension).
@@ -63,6 +67,7 @@ class SanityCheckResult(NamedTuple):
     spearman_abs: Tensor
     spearman: Tensor
     pearson_abs: Tensor
+    ssim: Optional[Tensor]
     scores: Tensor
     agreement: Tensor
     accuracy: Optional[Tensor]
@@ -77,6 +82,36 @@ def explanation_similarities(reference: Tensor, other: Tensor) -> Tuple[Tensor, 
         spearman(reference, other),
         pearson(reference.abs(), other.abs()),
     )
+
+
+def saliency_maps(flat_attr: Tensor, image_shape: Tuple[int, ...]) -> Tensor:
+    """Adebayo et al.'s visualisation: per example the channel sum of absolute attributions, divided by
+    its maximum (all-zero maps stay zero): ``(N, H, W)`` in [0, 1]."""
+    maps = flat_attr.reshape((-1,) + tuple(image_shape[1:])).abs().sum(1).to(torch.float64)
+    peak = maps.flatten(1).max(1).values.reshape(-1, 1, 1)
+    return maps / torch.where(peak > 0, peak, torch.ones_like(peak))
+
+
+def ssim_of_maps(a: Tensor, b: Tensor, window: int = 7, data_range: float = 1.0,
+                 k1: float = 0.01, k2: float = 0.03) -> Tensor:
+    """Mean structural similarity (Wang et al. 2004) of ``(N, H, W)`` maps: ``(N,)``.
+
+    The defaults of ``skimage.metrics.structural_similarity`` (the SSIM Adebayo et al. report): a 7x7
+    uniform window, sample covariances (``window^2 / (window^2 - 1)``), ``K1 = 0.01``, ``K2 = 0.03``, the
+    mean over the windows that lie inside the image. Maps smaller than the window give ``nan``.
+    """
+    if a.shape[-1] < window or a.shape[-2] < window:
+        return torch.full(a.shape[:1], float("nan"), dtype=torch.float64, device=a.device)
+    a, b = a.to(torch.float64).unsqueeze(1), b.to(torch.float64).unsqueeze(1)
+    mean = lambda t: torch.nn.functional.avg_pool2d(t, window, stride=1)  # noqa: E731  (valid windows)
+    ua, ub = mean(a), mean(b)
+    cov_norm = window * window / (window * window - 1)
+    va = cov_norm * (mean(a * a) - ua * ua)
+    vb = cov_norm * (mean(b * b) - ub * ub)
+    vab = cov_norm * (mean(a * b) - ua * ub)
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    s = ((2 * ua * ub + c1) * (2 * vab + c2)) / ((ua * ua + ub * ub + c1) * (va + vb + c2))
+    return s.flatten(1).mean(1)
 
 
 def randomization_layers(model: nn.Module) -> List[str]:
@@ -199,12 +234,18 @@ def _resolve_target(target, model, evaluator: "_Evaluator"):
 
 def _run_steps(reference_model, evaluator, damaged_models, labels_out, show_progress, desc):
     reference, ref_scores, ref_top1 = evaluator.run(reference_model)
+    first = evaluator.inputs[0]
+    image = len(evaluator.inputs) == 1 and first.dim() == 4 and min(first.shape[-2:]) >= 7
+    ref_maps = saliency_maps(reference, first.shape) if image else None
     sims = [explanation_similarities(reference, reference)]
+    ssims = [ssim_of_maps(ref_maps, ref_maps)] if image else None
     scores, tops = [ref_scores], [ref_top1]
     with progress_bar(show_progress, total=len(labels_out) - 1, desc=desc) as bar:
         for damaged in damaged_models:
             attrs, s, t = evaluator.run(damaged)
             sims.append(explanation_similarities(reference, attrs))
+            if image:
+                ssims.append(ssim_of_maps(ref_maps, saliency_maps(attrs, first.shape)))
             scores.append(s)
             tops.append(t)
             bar.update(1)
@@ -220,6 +261,7 @@ def _run_steps(reference_model, evaluator, damaged_models, labels_out, show_prog
         torch.stack([s[0] for s in sims]),
         torch.stack([s[1] for s in sims]),
         torch.stack([s[2] for s in sims]),
+        torch.stack(ssims) if image else None,
         torch.stack(scores),
         agreement.to(reference.device),
         accuracy,
@@ -319,11 +361,11 @@ def model_randomization_check(
             yield work
 
     labels_out = ["original"] + list(layers)
-    sp_abs, sp, pe_abs, scores, agreement, accuracy = _run_steps(
+    sp_abs, sp, pe_abs, ssim, scores, agreement, accuracy = _run_steps(
         reference_model, evaluator, damaged_models(), labels_out, show_progress, "randomisation"
     )
     values = torch.arange(len(labels_out), dtype=torch.float64)
-    return SanityCheckResult(labels_out, sp_abs, sp, pe_abs, scores, agreement, accuracy, values)
+    return SanityCheckResult(labels_out, sp_abs, sp, pe_abs, ssim, scores, agreement, accuracy, values)
 
 
 def sigma_perturbation_check(
@@ -388,8 +430,8 @@ def sigma_perturbation_check(
             yield work
 
     labels_out = ["original"] + [f"sigma={t:g}" for t in sigma_list]
-    sp_abs, sp, pe_abs, scores, agreement, accuracy = _run_steps(
+    sp_abs, sp, pe_abs, ssim, scores, agreement, accuracy = _run_steps(
         reference_model, evaluator, noisy_models(), labels_out, show_progress, "sigma-perturbation"
     )
     values = torch.tensor([0.0] + sigma_list, dtype=torch.float64)
-    return SanityCheckResult(labels_out, sp_abs, sp, pe_abs, scores, agreement, accuracy, values)
+    return SanityCheckResult(labels_out, sp_abs, sp, pe_abs, ssim, scores, agreement, accuracy, values)
