@@ -80,3 +80,28 @@ def test_image_folder_loader_reads_a_seeded_draw(tmp_path):
     assert s.class_names == ("a", "b")
     again = load_image_folder(tmp_path, n_test=4, n_reference=2, seed=0, size=24)
     assert torch.equal(s.x_test, again.x_test)
+
+
+def _write_idx(path, array, magic_type=8):
+    import numpy as np
+
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, magic_type, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.tobytes())
+
+
+def test_mnist_loader_reads_torchvision_layout_offline(tmp_path):
+    import numpy as np
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    train_x, test_x = rng.integers(0, 256, (5, 28, 28)), rng.integers(0, 256, (3, 28, 28))
+    _write_idx(raw / "train-images-idx3-ubyte", train_x)
+    _write_idx(raw / "train-labels-idx1-ubyte", [1, 2, 3, 4, 5])
+    _write_idx(raw / "t10k-images-idx3-ubyte", test_x)
+    _write_idx(raw / "t10k-labels-idx1-ubyte", [7, 8, 9])
+    s = load_mnist(tmp_path)
+    assert s.x_train.shape == (5, 1, 28, 28) and s.x_test.shape == (3, 1, 28, 28)
+    assert s.y_test.tolist() == [7, 8, 9]
+    assert torch.allclose(s.x_train[2, 0], torch.as_tensor(train_x[2] / 255.0, dtype=torch.float32))
