@@ -139,7 +139,8 @@ def select_example_args(additional_forward_args: Optional[Tuple], example_index:
 class GeometricallyGuidedIG(GradientAttribution):
     r"""
     Geometrically Guided Integrated Gradients (GGIG) of Rahman, Lewis and Plis,
-    "Geometrically Guided Integrated Gradients", arXiv:2206.05903 (2022).
+    "Geometrically Guided Integrated Gradients" (2022; first as "Geometrically Guided Saliency Maps",
+    ICLR 2022 PAIR^2Struct workshop, https://openreview.net/forum?id=rtIeCBr8W-5).
 
     Integrated gradients averages the gradient over the straight line from a baseline ``x'`` to the
     input ``x``. GGIG starts from the same ``n + 1`` points of that line and, from each, climbs the
@@ -165,8 +166,10 @@ class GeometricallyGuidedIG(GradientAttribution):
 
         A = \frac{1}{n} \sum_{k=0}^{n-1} \frac{M_k + M_{k+1}}{2} \qquad (\text{reduction="trapezoid"}).
 
-    With ``m = 1`` and ``reduction="trapezoid"``, ``multiply_by_inputs=True`` this is exactly
-    integrated gradients with ``n + 1`` trapezoid steps (Captum's ``method="riemann_trapezoid"``).
+    With ``m = 1``, ``reduction="trapezoid"`` and ``multiply_by_inputs=True`` this is integrated
+    gradients by the trapezoid rule on the ``n + 1`` points. (Captum's ``IntegratedGradients`` with
+    ``method="riemann_trapezoid"``, ``n_steps=n + 1`` gives the same up to the constant factor
+    ``n / (n + 1)``: its trapezoid weights sum to that, not to one.)
     As in the paper, the result is *not* multiplied by ``x - x'`` by default
     (``multiplies_by_inputs`` is False): pass ``multiply_by_inputs=True`` for ``A * (x - x')``
     (the authors' ``scaling`` option multiplies by ``x``, the same thing for their zero baseline).
@@ -190,6 +193,11 @@ class GeometricallyGuidedIG(GradientAttribution):
       tolerance stops climbing. With ``tolerance=0`` this stops only points whose gradient is exactly
       zero, whose later gradients would all be identical: the result is unchanged;
     - tuple inputs, every Captum target format and ``additional_forward_args`` are supported.
+
+    ``self.gradient_func`` (swappable, Captum's ``compute_gradients`` by default) is called once per
+    pass with a forward function that returns the *sum* of the rows' target scores, shape ``(1,)``, and
+    ``target=None`` (see :func:`summed_gradients_and_scores`): the same gradients as Captum's per-row
+    unbind, without its per-row cost.
     """
 
     def __init__(self, forward_func: Callable[..., Tensor], multiply_by_inputs: bool = False) -> None:
@@ -260,7 +268,8 @@ class GeometricallyGuidedIG(GradientAttribution):
             return_convergence_delta (bool, optional): Also return, per example,
                     ``sum(attributions) - (f_t(x) - f_t(x'))``. GGIG does not promise completeness:
                     this is a diagnostic of how far it is from it (with ``m = 1``,
-                    ``reduction="trapezoid"``, ``multiply_by_inputs=True`` it is IG's delta). The two
+                    ``reduction="trapezoid"``, ``multiply_by_inputs=True`` it is the delta of
+                    trapezoid-rule IG). The two
                     scores come from the first pass at the end points, at no extra cost.
                     Default: False.
             show_progress (bool, optional): Show a tqdm bar counting point gradients. Default False.
