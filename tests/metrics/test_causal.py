@@ -191,6 +191,16 @@ def test_feature_mask_groups_and_float_step():
     assert features_per_step(0.1, 256) == 26 and features_per_step(1e-9, 10) == 1
 
 
+def test_show_progress_and_generator_for_random_substrates(capsys):
+    model, x, oracle = _linear_problem(seed=6)
+    quiet = deletion(model, x, oracle, substrate="uniform", generator=3, max_examples_per_batch=10)
+    shown = deletion(model, x, oracle, substrate="uniform", generator=3, max_examples_per_batch=10,
+                     show_progress=True)
+    assert torch.equal(quiet, shown)
+    assert "deletion" in capsys.readouterr().err
+    assert not torch.equal(quiet, deletion(model, x, oracle, substrate="uniform", generator=4))
+
+
 def test_callable_score_and_custom_substrates():
     model, x, oracle = _linear_problem(seed=5)
     doubled = deletion(model, x, oracle, score=lambda out, t: 2 * out[:, 0])

@@ -197,7 +197,8 @@ def deletion(
         auc (str): ``"trapezoid"`` (RISE: ``(sum(c) - c_0/2 - c_K/2) / K``) or ``"mean"`` (SAMP paper:
             ``mean(c)``). Default: ``"trapezoid"``.
         normalize (bool): divide the curve by the score of the unperturbed input ``c_0`` before the AUC
-            (SAMP paper). Default: False.
+            (SAMP paper). A zero input score gives non-finite values; a negative one flips the curve
+            (the paper divides raw logits as they are). Default: False.
         return_curves (bool): also return the curves and the fraction of features moved at each point.
         max_examples_per_batch (int, optional): at most this many perturbed inputs per forward pass; the
             perturbed inputs of all examples and steps are batched together. Default: None (all at once).

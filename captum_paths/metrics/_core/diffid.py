@@ -97,7 +97,8 @@ def diffid(
     Removed elements are set to ``fill``: by default the mean of the *preserved* elements of that
     example (one scalar per example and input tensor, over all channels, as LPI's evaluator does). The
     score of a perturbed image ``x'`` is the logit ratio ``f_t(x') / f_t(x)`` to the unperturbed input,
-    and its top-1 class is compared with the target. ``diff = insertion - deletion`` per ratio, and
+    and its top-1 class is compared with the target (the ratio is taken as LPI takes it: a negative
+    input logit flips its sign, a zero one makes it non-finite). ``diff = insertion - deletion`` per ratio, and
     ``area`` integrates it over the ratios with the trapezoid rule. Both games (and the input) go
     through the model in one batched pass.
 

@@ -30,7 +30,8 @@ def boxes_to_masks(boxes: Regions, n: int, height: int, width: int, device) -> T
             per_example = [boxes[i] for i in range(n)]
         else:
             raise ValueError(
-                f"`regions` boxes must have shape (N, 4) or (N, B, 4) with N = {n}, got {tuple(boxes.shape)}"
+                f"`regions` must be boxes of shape (N, 4) or (N, B, 4) with N = {n}, or a boolean (N, H, W) "
+                f"mask; got a {boxes.dtype} tensor of shape {tuple(boxes.shape)}"
             )
     else:
         if len(boxes) != n:
