@@ -400,7 +400,9 @@ def test_show_progress_runs(quadratic):
 def test_stays_on_device(quadratic):
     model = quadratic.cuda()
     x = torch.randn(2, 6, dtype=torch.float64, device="cuda")
-    attr, delta = GeometricallyGuidedIG(model).attribute(x, target=0, n_steps=2, n_iterations=2, return_convergence_delta=True)
+    attr, delta = GeometricallyGuidedIG(model).attribute(
+        x, target=0, n_steps=2, n_iterations=2, return_convergence_delta=True
+    )
     assert attr.device == x.device and delta.device == x.device
 
 
