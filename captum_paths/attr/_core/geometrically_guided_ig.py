@@ -377,7 +377,7 @@ class GeometricallyGuidedIG(GradientAttribution):
             result = tuple(torch.full_like(x, -math.inf) for x in inputs)
         else:
             result = tuple(torch.zeros_like(x) for x in inputs)
-            weights = tuple(trapezoid_weights(n_steps, dtype=x.dtype, device=x.device) for x in inputs)
+            weights = trapezoid_weights(n_steps).tolist()  # python floats: no device sync in the loop
         alphas = tuple(interpolation_alphas(n_steps, dtype=x.dtype, device=x.device) for x in inputs)
         start_scores = torch.full((n_examples,), math.nan, dtype=inputs[0].dtype, device=device)
         end_scores = torch.full((n_examples,), math.nan, dtype=inputs[0].dtype, device=device)
@@ -411,11 +411,12 @@ class GeometricallyGuidedIG(GradientAttribution):
                 end_scores[example_index[at_end]] = first_scores[at_end].to(end_scores.dtype)
                 # fold the chunk in, one run of consecutive rows per point (a contiguous example range)
                 for point, chunk_rows, examples in point_runs(rows, n_examples):
-                    for i, (acc, rmax) in enumerate(zip(result, row_max)):
+                    for acc, rmax in zip(result, row_max):
+                        view = acc[examples]
                         if reduction == "max":
-                            torch.maximum(acc[examples], rmax[chunk_rows], out=acc[examples])
+                            torch.maximum(view, rmax[chunk_rows], out=view)
                         else:
-                            acc[examples].add_(rmax[chunk_rows], alpha=float(weights[i][point]))
+                            view.add_(rmax[chunk_rows], alpha=weights[point])
         return result, start_scores, end_scores
 
     def _ascend_chunk(
