@@ -212,8 +212,8 @@ def test_convergence_delta_matches_captum_definition(digits, digits_cnn64):
     torch.testing.assert_close(delta, expected, rtol=1e-10, atol=1e-10)
 
 
-def test_ascent_climbs_the_target_score(digits, digits_cnn64):
-    """From the input, the ascent's later gradients differ from the plain ones: the points moved."""
+def test_more_iterations_only_raise_the_maximum(digits, digits_cnn64):
+    """The first gradients of m iterations are the m = 1 gradients: the max can only grow, and does."""
     x = digits.x_test[:2].double()
     target = digits.y_test[:2]
     one = GeometricallyGuidedIG(digits_cnn64).attribute(x, target=target, n_steps=3, n_iterations=1)
