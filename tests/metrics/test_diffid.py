@@ -128,3 +128,21 @@ def test_other_bad_input():
         diffid(model, x, oracle[..., :2])
     with pytest.raises(ValueError, match="fill"):
         diffid(model, x, oracle, fill="median")
+
+
+def test_tuple_inputs_fill_each_tensor_with_its_preserved_mean():
+    from metric_models import TwoInputLinear
+
+    g = torch.Generator().manual_seed(5)
+    u, v = torch.randn(1, 4, generator=g, dtype=torch.float64), torch.randn(1, 2, generator=g, dtype=torch.float64)
+    a, b = torch.rand(1, 4, generator=g, dtype=torch.float64) + 1, torch.rand(1, 2, generator=g, dtype=torch.float64)
+    attr = (torch.tensor([[6.0, 5.0, 4.0, 1.0]], dtype=a.dtype), torch.tensor([[3.0, 2.0]], dtype=a.dtype))
+    model = TwoInputLinear(u, v)
+    res = diffid(model, (a, b), attr, ratios=(0.5,), absolute=False)
+    fx = model(a, b).item()
+    # deletion removes the top 3 of 6 features (a0, a1, a2): a keeps a3, b keeps both -> fills a with a3
+    a_del = torch.cat([a[:, 3:].expand(1, 3), a[:, 3:]], 1)
+    assert res.deletion.item() == pytest.approx(model(a_del, b).item() / fx, abs=1e-12)
+    # insertion removes the bottom 3 (a3, b1, b0): a filled with mean(a0..a2), b has nothing kept -> b's fill is 0
+    a_ins = torch.cat([a[:, :3], a[:, :3].mean(1, keepdim=True)], 1)
+    assert res.insertion.item() == pytest.approx(model(a_ins, torch.zeros_like(b)).item() / fx, abs=1e-12)

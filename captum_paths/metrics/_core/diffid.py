@@ -95,7 +95,8 @@ def diffid(
     * insertion removes the ``m`` least important features (keeps the top ``G - m``).
 
     Removed elements are set to ``fill``: by default the mean of the *preserved* elements of that
-    example (one scalar per example and input tensor, over all channels, as LPI's evaluator does). The
+    example (one scalar per example and input tensor, over all channels, as LPI's evaluator does; a
+    tensor of a tuple input with no preserved element is filled with 0). The
     score of a perturbed image ``x'`` is the logit ratio ``f_t(x') / f_t(x)`` to the unperturbed input,
     and its top-1 class is compared with the target (the ratio is taken as LPI takes it: a negative
     input logit flips its sign, a zero one makes it non-finite). ``diff = insertion - deletion`` per ratio, and
@@ -175,7 +176,10 @@ def diffid(
             torch.where(is_insertion.unsqueeze(1), rank >= n_groups - m, torch.zeros_like(rank, dtype=torch.bool)),
         )
         x = x_flat[example]
-        if mean_fill:
+        if mean_fill and len(sizes) == 1:
+            keep = (~drop).to(x.dtype)
+            fill_values = ((x * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp(min=1)).expand_as(x)
+        elif mean_fill:
             keep = (~drop).to(x.dtype)
             fill_values = torch.empty_like(x)
             for t in range(len(sizes)):
