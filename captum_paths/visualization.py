@@ -399,6 +399,7 @@ def plot_attribution_grid(
     attributions: Mapping[str, Any],
     titles: Optional[Sequence[str]] = None,
     sign: str = "all",
+    shift_nonnegative: bool = False,
     fig_size: Optional[Tuple[float, float]] = None,
     use_pyplot: bool = False,
 ):
@@ -409,6 +410,10 @@ def plot_attribution_grid(
         attributions (mapping): method name -> ``(N, C, H, W)`` attributions of the same images.
         titles (sequence of str, optional): one per image (row label).
         sign (str): Captum's ``sign`` (``"all"``, ``"positive"``, ``"absolute_value"``, ...).
+        shift_nonnegative (bool): draw a map with no negative value minus its minimum, so that a
+            constant offset (e.g. ablation-path saliency :math:`\\int (1 - \\varphi)\\,dt`, about 0.5
+            everywhere) does not saturate the colour scale. Rankings, which the metrics use, are
+            unchanged by it. Default: False (draw the maps as they are).
         fig_size, use_pyplot: as in :mod:`captum.attr.visualization` (default: no pyplot).
 
     Returns:
@@ -428,7 +433,10 @@ def plot_attribution_grid(
         if titles is not None:
             axes[i, 0].set_ylabel(titles[i], fontsize="small")
         for j, (name, a) in enumerate(attributions.items(), start=1):
-            _attr_panel(axes[i, j], fig, _to_numpy(a)[i], sign=sign)
+            amap = _to_numpy(a)[i]
+            if shift_nonnegative and amap.min() >= 0:
+                amap = amap - amap.min()
+            _attr_panel(axes[i, j], fig, amap, sign=sign)
             if i == 0:
                 axes[i, j].set_title(name, fontsize="small")
     if n:

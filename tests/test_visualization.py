@@ -117,3 +117,17 @@ def test_attribution_grid(images):
     assert axes.shape == (2, 3) and axes[0, 1].get_title() == "m1"
     with pytest.raises(ValueError, match="shape"):
         plot_attribution_grid(images, {"bad": torch.zeros(2, 1, 4, 4)})
+
+
+def test_grid_can_shift_nonnegative_maps_without_touching_signed_ones(images):
+    offset = torch.full((2, 1, 8, 8), 0.5)
+    offset[:, :, 0, 0] = 0.9
+    signed = torch.randn(2, 1, 8, 8)
+    _, raw = plot_attribution_grid(images, {"offset": offset, "signed": signed})
+    _, shifted = plot_attribution_grid(images, {"offset": offset, "signed": signed}, shift_nonnegative=True)
+    raw_off = np.asarray(raw[0, 1].get_images()[0].get_array())
+    new_off = np.asarray(shifted[0, 1].get_images()[0].get_array())
+    assert new_off[1, 1] == pytest.approx(0) and new_off[0, 0] > 0.9 * np.max(new_off)
+    assert raw_off[1, 1] > 0.5 * np.max(raw_off)  # unshifted, the constant offset fills the scale
+    np.testing.assert_allclose(np.asarray(raw[0, 2].get_images()[0].get_array()),
+                               np.asarray(shifted[0, 2].get_images()[0].get_array()))

@@ -179,7 +179,7 @@ def write_results(results: Dict[str, Any], out: str, figures: bool = True) -> Di
         fig, _ = plot_attribution_grid(
             results["_images"][:n_show],
             {labels[n]: a[:n_show] for n, a in results["_attributions"].items()},
-            titles=[f"pred {int(t)}" for t in results["_targets"][:n_show]],
+            titles=[f"pred {int(t)}" for t in results["_targets"][:n_show]], shift_nonnegative=True,
         )
         paths["attributions"] = directory / "attributions.png"
         fig.savefig(paths["attributions"], dpi=80, bbox_inches="tight")
