@@ -135,7 +135,8 @@ def _trunc_normal(shape, std: float, generator, device, dtype) -> Tensor:
 def _reinitialise(module: nn.Module, reinit: Any, std: float, generator: Optional[torch.Generator]) -> None:
     with torch.no_grad():
         if reinit == "reset_parameters" and hasattr(module, "reset_parameters"):
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            gen_device = generator.device if generator is not None else "cpu"
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=gen_device))
             devices = sorted({p.device.index for p in module.parameters() if p.device.type == "cuda"})
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
