@@ -117,7 +117,7 @@ def _lpi_build(n_neighborhoods: int, n_references: int, n_samples: int):
         bank = ReferenceBank(n_neighborhoods=n_neighborhoods, n_references=n_references, random_state=ctx.seed)
         bank.fit(model, ctx.x_reference)
         lpi = LocalPathIntegration(model, bank)
-        gen = torch.Generator(device=ctx.x_reference.device).manual_seed(ctx.seed)
+        gen = torch.Generator().manual_seed(ctx.seed)  # LPI draws on a CPU generator, any device
 
         def explain(x: Tensor, target: Tensor) -> Tensor:
             return lpi.attribute(x, target=target, n_samples=n_samples, generator=gen)
