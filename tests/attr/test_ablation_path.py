@@ -331,6 +331,30 @@ def test_deterministic_and_random_baselines_reproducible(digits, digits_cnn64):
     assert not torch.equal(one, method.attribute(x, target=0, baselines="uniform", generator=8, **FAST))
 
 
+def test_internal_batch_size_bounds_model_batches_and_gradient_func_is_used(digits, digits_cnn):
+    batches = []
+
+    def recording_model(inp):
+        batches.append(inp.shape[0])
+        return digits_cnn(inp)
+
+    method = AblationPath(recording_model)
+    calls = []
+    original = method.gradient_func
+
+    def counting_gradient_func(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    method.gradient_func = counting_gradient_func
+    method.attribute(digits.x_test[:3], target=0, n_points=5, iterations=2, internal_batch_size=4)
+    assert max(batches) <= 4
+    # 3 examples x 3 interior points = 9 rows per iteration -> 3 chunks, 2 iterations
+    assert len(calls) == 6
+    # model evaluations: 2 * 3 end-point images, 2 * 9 gradient rows, 9 final rows
+    assert sum(batches) == 6 + 18 + 9
+
+
 def test_show_progress_runs(digits, digits_cnn, capsys):
     attr = AblationPath(digits_cnn).attribute(digits.x_test[:1], target=0, show_progress=True, n_points=4, iterations=1)
     assert attr.shape == (1, 1, 16, 16)
