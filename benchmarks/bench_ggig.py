@@ -8,8 +8,9 @@
    divided by the time of the bare passes it needs (the floor): ``m`` times, for every chunk of at most
    ``internal_batch_size`` path points, one forward of the model, selection of the target logits and one
    ``torch.autograd.grad`` w.r.t. the points, on batches of exactly the same sizes. Goal: at most 1.10.
-   Measured unchunked (``internal_batch_size=None``) and chunked. Each time is the minimum over
-   ``--repeats`` interleaved runs (the machine is shared); the medians are printed too.
+   Measured unchunked (``internal_batch_size=None``) and chunked, in wall time and in process CPU
+   time (with one thread, CPU time is far less disturbed by other processes on a shared machine).
+   ``--repeats`` interleaved runs, alternating which goes first; minima and medians are printed.
 2. Memory: peak resident memory of one ``attribute`` call, in a fresh subprocess per ``m``, as the
    rise of the kernel's high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs`` right before
    the call) above the resident size just before it, with glibc's mmap threshold fixed at 64 KiB so
@@ -36,13 +37,13 @@ from captum_paths.benchmark.models import SmallDigitsCNN, accuracy, train_classi
 def floor_time(model, chunk_sizes, shape, n_iterations, targets):
     """The bare forward+backward passes GGIG needs: ``m`` passes per chunk, same batch sizes."""
     batches = [(torch.rand((size,) + shape), targets[:size, None]) for size in chunk_sizes]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for x, target in batches:
         for _ in range(n_iterations):
             x.requires_grad_()
             score = model(x).gather(1, target).sum()
             torch.autograd.grad(score, x)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu_started
 
 
 def chunk_sizes_of(n_rows, internal_batch_size):
@@ -61,23 +62,33 @@ def timing(args, model, x, y):
     )
     for ibs in (None, args.internal_batch_size):
         sizes = chunk_sizes_of(n_rows, ibs)
-        ggig_times, floor_times = [], []
-        for _ in range(args.repeats):
-            started = time.perf_counter()
+        ggig_wall, ggig_cpu, floor_wall, floor_cpu = [], [], [], []
+
+        def run_ggig():
+            started, cpu_started = time.perf_counter(), time.process_time()
             ggig.attribute(
                 x, target=y, n_steps=args.n_steps, n_iterations=args.n_iterations,
                 learning_rate=args.learning_rate, internal_batch_size=ibs,
             )
-            ggig_times.append(time.perf_counter() - started)
-            floor_times.append(floor_time(model, sizes, tuple(x.shape[1:]), args.n_iterations, targets))
-        ratio_min = min(ggig_times) / min(floor_times)
-        ratio_med = statistics.median(ggig_times) / statistics.median(floor_times)
-        print(
-            f"  internal_batch_size={ibs}: {len(sizes)} chunk(s) x {args.n_iterations} passes; "
-            f"GGIG {min(ggig_times):.3f} s (median {statistics.median(ggig_times):.3f}), "
-            f"floor {min(floor_times):.3f} s (median {statistics.median(floor_times):.3f}); "
-            f"ratio {ratio_min:.3f} (of medians {ratio_med:.3f}) [goal <= 1.10]"
-        )
+            ggig_wall.append(time.perf_counter() - started)
+            ggig_cpu.append(time.process_time() - cpu_started)
+
+        def run_floor():
+            wall, cpu = floor_time(model, sizes, tuple(x.shape[1:]), args.n_iterations, targets)
+            floor_wall.append(wall)
+            floor_cpu.append(cpu)
+
+        for repeat in range(args.repeats):  # interleaved, alternating which goes first
+            for run in (run_ggig, run_floor) if repeat % 2 == 0 else (run_floor, run_ggig):
+                run()
+        print(f"  internal_batch_size={ibs}: {len(sizes)} chunk(s) x {args.n_iterations} passes")
+        for label, ours, floor in (("wall", ggig_wall, floor_wall), ("cpu ", ggig_cpu, floor_cpu)):
+            print(
+                f"    {label} time: GGIG {min(ours):.3f} s (median {statistics.median(ours):.3f}), "
+                f"floor {min(floor):.3f} s (median {statistics.median(floor):.3f}); "
+                f"ratio of minima {min(ours) / min(floor):.3f}, of medians "
+                f"{statistics.median(ours) / statistics.median(floor):.3f} [goal <= 1.10]"
+            )
 
 
 def _status_kib(field):
