@@ -256,3 +256,17 @@ def test_attribution_shape_mismatch():
         insertion(model, x, (oracle, oracle), substrate="zeros")
     with pytest.raises(TypeError, match="attributions"):
         deletion(model, x, oracle.numpy())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_everything_stays_on_the_gpu():
+    from captum_paths.metrics import diffid, sensitivity_n
+
+    model = small_cnn(seed=0).cuda()
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64, device="cuda")
+    attr = torch.randn_like(x)
+    auc, curves, fractions = deletion(model, x, attr, target=1, step=32, return_curves=True)
+    assert auc.is_cuda and curves.is_cuda and fractions.is_cuda
+    assert insertion(model, x, attr, target=1, step=32).is_cuda
+    assert diffid(model, x, attr, target=1).diff.is_cuda
+    assert sensitivity_n(model, x, attr, n=4, target=1, n_subsets=5, generator=0).is_cuda

@@ -135,3 +135,25 @@ def test_ssim_matches_a_window_by_window_computation():
     assert torch.isnan(ssim_of_maps(a[:, :5, :5], b[:, :5, :5])).all()
     maps = saliency_maps(torch.tensor([[1.0, -4.0, 2.0, 0.0]]), (1, 1, 2, 2))
     torch.testing.assert_close(maps, torch.tensor([[[0.25, 1.0], [0.5, 0.0]]], dtype=torch.float64))
+
+
+def test_tuple_inputs_and_forward_args():
+    import torch.nn as nn
+
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 3), nn.Linear(4, 3)
+
+        def forward(self, u, v, scale):
+            return (self.a(u) + self.b(v)) * scale.reshape(-1, 1)
+
+    torch.manual_seed(0)
+    model = TwoInputs().eval()
+    u, v, scale = torch.rand(5, 6), torch.rand(5, 4), torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0])
+    res = model_randomization_check(model, Saliency, (u, v), target=1, additional_forward_args=scale,
+                                    generator=0, max_examples_per_batch=2, attribute_kwargs={"abs": False})
+    assert res.steps == ["original", "b", "a"] and res.ssim is None
+    torch.testing.assert_close(res.spearman[0], torch.ones(5, dtype=torch.float64))
+    # a linear model's gradient is its weight row: randomising both layers decorrelates it
+    assert res.spearman[-1].abs().mean() < 0.9
