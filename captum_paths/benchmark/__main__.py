@@ -88,7 +88,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(format_table(results))
     print()
     print(format_claims(results["claims"]))
-    print(f"\ntotal {results['total_seconds']:.0f} s; wrote " + ", ".join(str(p) for p in paths.values()))
+    print(f"\ntotal {results['total_seconds']:.0f} s wall, {results['total_cpu_seconds']:.0f} s CPU; wrote "
+          + ", ".join(str(p) for p in paths.values()))
     return 0
 
 

@@ -76,6 +76,7 @@ def load_or_train(
     data: Sequence[Tensor],
     cache_dir: Optional[Union[str, Path]] = None,
     use_cache: bool = True,
+    log: Optional[Callable[[str], None]] = None,
 ) -> CachedModel:
     """Load ``model``'s weights from the cache, or train it with ``train_fn`` and store it.
 
@@ -88,6 +89,7 @@ def load_or_train(
         data (sequence of tensors): training and test tensors; their bytes are part of the key.
         cache_dir (str or Path, optional): defaults to :func:`default_cache_dir`.
         use_cache (bool): ``False`` trains without reading or writing the cache.
+        log (callable, optional): called with a one-line message before training starts.
 
     Returns:
         CachedModel with the model in eval mode.
@@ -106,6 +108,8 @@ def load_or_train(
                 )
         except Exception:  # a truncated or foreign file: retrain and overwrite it
             pass
+    if log is not None:
+        log(f"training {name} (no cached copy in {directory})" if use_cache else f"training {name} (cache off)")
     started = time.perf_counter()
     model = train_fn(model)
     seconds = time.perf_counter() - started

@@ -45,11 +45,13 @@ def train_classifier(
     seed: int = 0,
     weight_decay: float = 0.0,
     lr_schedule: Optional[str] = None,
+    show_progress: bool = False,
 ) -> nn.Module:
     """Adam on cross-entropy, seeded shuffling; returns the model in eval mode.
 
     ``lr_schedule="cosine"`` anneals the learning rate to 0 over the run (one step per batch), which
     makes the final accuracy stable from seed to seed; ``None`` keeps it constant.
+    ``show_progress`` shows a tqdm bar over epochs.
     """
     if lr_schedule not in (None, "cosine"):
         raise ValueError(f"`lr_schedule` must be None or 'cosine', got {lr_schedule!r}")
@@ -58,7 +60,9 @@ def train_classifier(
     total_steps = epochs * ((len(x) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total_steps, 1)) if lr_schedule else None
     model.train()
-    for _ in range(epochs):
+    from tqdm.auto import tqdm
+
+    for _ in tqdm(range(epochs), desc="training", unit="epoch", disable=not show_progress, leave=False):
         perm = torch.randperm(len(x), generator=gen, device="cpu").to(x.device)
         for i in range(0, len(x), batch_size):
             idx = perm[i : i + batch_size]

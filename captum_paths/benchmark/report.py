@@ -151,7 +151,8 @@ def markdown_report(results: Dict[str, Any]) -> str:
         "",
         format_claims(results.get("claims", [])),
         "",
-        f"Total time {results['total_seconds']:.0f} s; torch {results['environment']['torch']}, "
+        f"Total time {results['total_seconds']:.0f} s wall, {results.get('total_cpu_seconds', float('nan')):.0f} s CPU "
+        f"({results['environment'].get('threads', '?')} torch thread(s)); torch {results['environment']['torch']}, "
         f"captum {results['environment']['captum']}, device {results['environment']['device']}.",
     ]
     return "\n".join(lines) + "\n"

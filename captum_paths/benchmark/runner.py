@@ -168,12 +168,13 @@ def train_config_for(dataset: str, epochs: Optional[int] = None) -> Dict[str, An
     return dict(base, epochs=epochs if epochs is not None else default_epochs)
 
 
-def _train(model: nn.Module, x: Tensor, y: Tensor, cfg: Dict[str, Any], device: torch.device) -> nn.Module:
+def _train(model: nn.Module, x: Tensor, y: Tensor, cfg: Dict[str, Any], device: torch.device,
+           show_progress: bool = False) -> nn.Module:
     torch.manual_seed(cfg["seed"])
     model.to(device)
     return train_classifier(model, x.to(device), y.to(device), epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                             lr=cfg["lr"], seed=cfg["seed"], weight_decay=cfg["weight_decay"],
-                            lr_schedule=cfg["lr_schedule"])
+                            lr_schedule=cfg["lr_schedule"], show_progress=show_progress)
 
 
 def _cached_cnn(name: str, split, in_channels: int, n_classes: int, train_cfg, cfg: BenchmarkConfig, device):
@@ -182,12 +183,13 @@ def _cached_cnn(name: str, split, in_channels: int, n_classes: int, train_cfg, c
     entry = load_or_train(
         name,
         model,
-        train_fn=lambda m: _train(m, split.x_train, split.y_train, train_cfg, device),
+        train_fn=lambda m: _train(m, split.x_train, split.y_train, train_cfg, device, cfg.show_progress),
         eval_fn=lambda m: accuracy(m.to(device), split.x_test.to(device), split.y_test.to(device)),
         train_config=train_cfg,
         data=(split.x_train, split.y_train, split.x_test, split.y_test),
         cache_dir=cfg.cache_dir,
         use_cache=cfg.use_cache,
+        log=print,
     )
     entry.model.to(device).eval()
     for p in entry.model.parameters():
@@ -348,6 +350,7 @@ def _run(cfg: BenchmarkConfig, methods: List[str]) -> Dict[str, Any]:
     n_images = cfg.resolved_n_images()
     n_loc = cfg.resolved_n_localization()
     started = time.perf_counter()
+    cpu_started = time.process_time()
     torch.manual_seed(cfg.seed)
 
     try:
@@ -399,14 +402,17 @@ def _run(cfg: BenchmarkConfig, methods: List[str]) -> Dict[str, Any]:
         if not finite:
             warnings.warn(f"{name}: non-finite attributions (replaced by 0 for the metrics)")
             attr = torch.nan_to_num(attr, nan=0.0, posinf=0.0, neginf=0.0)
+        t_metrics = time.perf_counter()
         with tqdm(total=1, desc=f"{'metrics':>17}", disable=not cfg.show_progress, leave=False) as bar:
             per_image, curves = _metrics_for(model, x, attr, target, protocols, cfg.batch_size)
             bar.update(1)
+        metrics_seconds = time.perf_counter() - t_metrics
         entry = {
             "label": spec.label,
             "params": spec.params,
             "finite_attributions": finite,
             "setup_seconds": setup_seconds,
+            "metrics_seconds": metrics_seconds,
             "seconds_per_image": seconds / len(x),
             "forward_per_image": fwd / len(x),
             "backward_per_image": bwd / len(x),
@@ -443,6 +449,7 @@ def _run(cfg: BenchmarkConfig, methods: List[str]) -> Dict[str, Any]:
     results["protocols"] = protocols
     results["environment"] = _environment(device)
     results["total_seconds"] = time.perf_counter() - started
+    results["total_cpu_seconds"] = time.process_time() - cpu_started
     results["_images"] = x.detach().cpu()  # for the figures; not written to JSON
     results["_targets"] = target.detach().cpu()
     results["_labels"] = labels.detach().cpu()
