@@ -38,9 +38,11 @@ def _methods(text: str) -> List[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+    details = "\n\n".join(__doc__.split("\n\n")[1:]).replace("``", "")
+    p = _Parser(prog=PROG,
+                description="Compare every attribution method on real data under the seed papers' protocols.",
                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                epilog="Methods: " + ", ".join(METHOD_NAMES) + ". Datasets: " + ", ".join(DATASETS) + ".")
+                epilog=details + "\n\nMethods: " + ", ".join(METHOD_NAMES) + ". Datasets: " + ", ".join(DATASETS) + ".")
     p.add_argument("--dataset", default="digits", help="digits (default, ships with scikit-learn), mnist, cifar10, imagenet")
     p.add_argument("--methods", type=_methods, default=None,
                    help="comma-separated subset of the methods (default: every available one)")
