@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch CPU threads (default 1: on a shared 2-core machine, small batches with 2 threads "
                         "ran 10-20x slower from oversubscription; 0 keeps torch's default)")
     p.add_argument("--batch-size", type=int, default=25, help="images explained together (bounds memory)")
-    p.add_argument("--quick", action="store_true", help="a smoke run: 6 images, reduced LPI/GGIG/EG budgets (CI)")
+    p.add_argument("--quick", action="store_true", help="a smoke run (CI): 6 images, half the training epochs, reduced LPI/GGIG/EG/AblationPath budgets")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     return p

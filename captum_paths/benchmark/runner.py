@@ -158,13 +158,19 @@ def validate_config(cfg: BenchmarkConfig) -> List[str]:
 # --------------------------------------------------------------------------------------------- data
 
 
-def train_config_for(dataset: str, epochs: Optional[int] = None) -> Dict[str, Any]:
-    """Training knobs of the cached models (every one is part of the cache key)."""
+def train_config_for(dataset: str, epochs: Optional[int] = None, quick: bool = False) -> Dict[str, Any]:
+    """Training knobs of the cached models (every one is part of the cache key).
+
+    ``quick`` halves the default epochs (a smoke run; its models are cached separately and are a
+    little less accurate, which results.json records). An explicit ``epochs`` wins.
+    """
     base = {"optimizer": "adam", "lr": 2e-3, "lr_schedule": "cosine", "batch_size": 64, "weight_decay": 0.0,
             "seed": 0}
     default_epochs = {"digits": 6, "localization": 8, "mnist": 2, "cifar10": 10}[dataset]
     if dataset == "localization":
         base.update(lr=3e-3, n_train=LOCALIZATION_N_TRAIN)
+    if quick:
+        default_epochs = max(1, default_epochs // 2)
     return dict(base, epochs=epochs if epochs is not None else default_epochs)
 
 
@@ -201,14 +207,14 @@ def _load_main(cfg: BenchmarkConfig, device: torch.device, n_images: int):
     """The evaluated images, their reference (training) images, the model and its description."""
     if cfg.dataset == "digits":
         split = load_digits_images(size=28, seed=cfg.seed)
-        tc = train_config_for("digits", cfg.epochs)
+        tc = train_config_for("digits", cfg.epochs, cfg.quick)
         entry = _cached_cnn("digits28-samp_cnn", split, 1, 10, tc, cfg, device)
         info = {"name": "digits", "source": "sklearn.datasets.load_digits, bilinear 8x8 -> 28x28, [0, 1]",
                 "split": f"stratified 75/25, seed {cfg.seed}"}
     elif cfg.dataset in ("mnist", "cifar10"):
         loader = load_mnist if cfg.dataset == "mnist" else load_cifar10
         split = loader(cfg.data_root, download=cfg.download)
-        tc = train_config_for(cfg.dataset, cfg.epochs)
+        tc = train_config_for(cfg.dataset, cfg.epochs, cfg.quick)
         channels = split.x_train.shape[1]
         entry = _cached_cnn(f"{cfg.dataset}-samp_cnn", split, channels, 10, tc, cfg, device)
         info = {"name": cfg.dataset, "source": f"torchvision {cfg.dataset} under {cfg.data_root}",
@@ -373,7 +379,7 @@ def _run(cfg: BenchmarkConfig, methods: List[str]) -> Dict[str, Any]:
 
     loc = None
     if n_loc > 0:
-        ltc = train_config_for("localization", cfg.epochs)
+        ltc = train_config_for("localization", cfg.epochs, cfg.quick)
         loc_set = make_localization_set(n_train=ltc["n_train"], n_test=max(300, n_loc), seed=cfg.seed)
         loc_entry = _cached_cnn("localization28-samp_cnn", loc_set, 1, 4, ltc, cfg, device)
         loc_idx = _pick(len(loc_set.x_test), n_loc, cfg.seed)
