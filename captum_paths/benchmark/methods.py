@@ -179,10 +179,13 @@ def _eg_build(n_samples: int):
         from captum.attr import GradientShap
 
         # Expected gradients (Erion et al.): GradientShap with training images as the baseline
-        # distribution, no input noise, alpha ~ U(0, 1); Captum draws both with torch's global RNG,
-        # seeded once here so a run is reproducible.
+        # distribution, no input noise, alpha ~ U(0, 1). Captum draws the baselines with torch's and
+        # the alphas with numpy's global RNG: both are seeded here so that a run is reproducible.
+        import numpy as np
+
         gs = GradientShap(model)
         torch.manual_seed(ctx.seed)
+        np.random.seed(ctx.seed)
 
         def explain(x: Tensor, target: Tensor) -> Tensor:
             return gs.attribute(x, baselines=ctx.x_reference, target=target, n_samples=n_samples, stdevs=0.0)

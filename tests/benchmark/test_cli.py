@@ -101,3 +101,24 @@ def test_quick_run_end_to_end_every_method_finite_every_metric_a_number(quick_ru
     again = json.loads((out / "again" / "results.json").read_text())
     assert code == 0 and not again["model"]["trained_now"] and not again["model"]["localization_model"]["trained_now"]
     assert again["model"]["test_accuracy"] == results["model"]["test_accuracy"]
+
+
+def test_random_methods_are_reproducible_under_the_seed():
+    from captum_paths.benchmark.methods import MethodContext
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    x = torch.rand(3, 1, 4, 4)
+    target = torch.tensor([0, 1, 2])
+    specs = method_specs(4, quick=True)
+    ctx = MethodContext(x_reference=torch.rand(10, 1, 4, 4), seed=7)
+    for name in ("eg", "random"):
+        first = specs[name].build(model, ctx)(x, target)
+        import numpy as np
+
+        np.random.rand(5)  # other code touching the global RNGs between runs changes nothing
+        torch.rand(5)
+        second = specs[name].build(model, ctx)(x, target)
+        assert torch.equal(first, second), name
+        other = specs[name].build(model, MethodContext(x_reference=ctx.x_reference, seed=8))(x, target)
+        assert not torch.equal(first, other), name
