@@ -5,12 +5,11 @@ import pytest
 import torch
 from captum.attr import IntegratedGradients, NoiseTunnel
 
+from captum_paths.attr._utils.rows import subset_additional_forward_args, subset_target
 from captum_paths import LocalPathIntegration, ReferenceBank
 from captum_paths.attr._core.local_path_integration import (
     draw_references_and_alphas,
     interpolate,
-    select_forward_args,
-    select_target,
 )
 
 
@@ -59,11 +58,11 @@ def test_interpolate_and_selection_helpers():
     assert torch.equal(spans, x.unsqueeze(0) - starts)
     assert torch.equal(points, torch.tensor([[2.0, 2.0], [3.0, 5.0], [2.0, 2.0], [3.75, 1.25]]))
     t = torch.tensor([1, 2, 3, 4])
-    assert torch.equal(select_target(t, slice(1, 3), 4), torch.tensor([2, 3]))
-    assert select_target([5, 6, 7, 8], slice(2, 4), 4) == [7, 8]
-    assert select_target(3, slice(0, 2), 4) == 3 and select_target((1, 2), slice(0, 2), 4) == (1, 2)
+    assert torch.equal(subset_target(t, slice(1, 3), 4), torch.tensor([2, 3]))
+    assert subset_target([5, 6, 7, 8], slice(2, 4), 4) == [7, 8]
+    assert subset_target(3, slice(0, 2), 4) == 3 and subset_target((1, 2), slice(0, 2), 4) == (1, 2)
     afa = (torch.arange(4.0).unsqueeze(1), torch.tensor(7.0), "mode")
-    part = select_forward_args(afa, slice(1, 2), 4)
+    part = subset_additional_forward_args(afa, slice(1, 2), 4)
     assert torch.equal(part[0], torch.tensor([[1.0]])) and part[1] is afa[1] and part[2] == "mode"
 
 

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import pearsonr, rankdata, spearmanr
 
+from captum_paths.attr._utils.rows import subset_additional_forward_args, subset_target
 from captum_paths.metrics._core._common import (
     auc_mean,
     auc_trapezoid,
@@ -13,8 +14,6 @@ from captum_paths.metrics._core._common import (
     check_target,
     group_ranks,
     pearson,
-    rows_additional_forward_args,
-    rows_target,
     spearman,
 )
 
@@ -49,13 +48,13 @@ def test_average_ranks_and_spearman_match_scipy(values, seed):
 
 def test_rows_target_and_forward_args_follow_each_rows_example():
     rows = torch.tensor([2, 0, 0, 1])
-    assert rows_target(None, rows, 3) is None
-    assert rows_target(4, rows, 3) == 4
-    assert rows_target((1, 2), rows, 3) == (1, 2)
-    assert rows_target(torch.tensor([5, 6, 7]), rows, 3).tolist() == [7, 5, 5, 6]
-    assert rows_target([5, 6, 7], rows, 3) == [7, 5, 5, 6]
+    assert subset_target(None, rows, 3) is None
+    assert subset_target(4, rows, 3) == 4
+    assert subset_target((1, 2), rows, 3) == (1, 2)
+    assert subset_target(torch.tensor([5, 6, 7]), rows, 3).tolist() == [7, 5, 5, 6]
+    assert subset_target([5, 6, 7], rows, 3) == [7, 5, 5, 6]
     extra = (torch.tensor([10.0, 20.0, 30.0]), "mode", torch.tensor(1.0), torch.ones(2))
-    out = rows_additional_forward_args(extra, rows, 3)
+    out = subset_additional_forward_args(extra, rows, 3)
     assert out[0].tolist() == [30.0, 10.0, 10.0, 20.0] and out[1] == "mode"
     assert out[2] is extra[2] and out[3] is extra[3]
 

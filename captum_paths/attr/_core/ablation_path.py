@@ -29,6 +29,7 @@ from captum_paths.attr._utils.monotone import (
     trapezoid_weights,
 )
 from captum_paths.attr._utils.progress import chunk_slices, progress_bar
+from captum_paths.attr._utils.rows import subset_additional_forward_args, subset_target
 from captum_paths.attr._utils.validation import (
     check_finite_inputs,
     check_generator,
@@ -105,31 +106,6 @@ class AblationPathResult:
     drop_mask: Union[Tensor, Tuple[Tensor, ...]]
     drop_fraction: float
     score_kind: str
-
-
-def take_target(target: Any, examples: Tensor) -> Any:
-    """The target of the rows that show ``examples`` (indices into the batch, repeats allowed)."""
-    if target is None or isinstance(target, (int, tuple)):
-        return target
-    if isinstance(target, Tensor):
-        if target.numel() == 1:
-            return target
-        return target[examples.to(target.device)]
-    if isinstance(target, list):
-        return [target[i] for i in examples.tolist()]
-    raise TypeError(
-        f"`target` must be None, an int, a tuple, a tensor or a list, got {type(target).__name__}"
-    )
-
-
-def take_additional_forward_args(args: Optional[Tuple], examples: Tensor, n_examples: int) -> Optional[Tuple]:
-    """Rows ``examples`` of every per-example tensor argument (first dimension ``n_examples``)."""
-    if args is None:
-        return None
-    return tuple(
-        a[examples.to(a.device)] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n_examples else a
-        for a in args
-    )
 
 
 def first_index(condition: Tensor) -> Tensor:
@@ -543,8 +519,8 @@ class _ExampleArgs:
 
     def rows(self, examples: Tensor) -> Tuple[Any, Optional[Tuple]]:
         return (
-            take_target(self.target, examples),
-            take_additional_forward_args(self.args, examples, self.n_examples),
+            subset_target(self.target, examples, self.n_examples),
+            subset_additional_forward_args(self.args, examples, self.n_examples),
         )
 
 

@@ -22,6 +22,7 @@ from captum_paths.attr._utils.captum_compat import (
     target_scores,
 )
 from captum_paths.attr._utils.progress import progress_bar
+from captum_paths.attr._utils.rows import subset_additional_forward_args, subset_target
 from captum_paths.attr._utils.validation import (
     check_finite_inputs,
     check_generator,
@@ -87,32 +88,6 @@ def interpolate(starts: Tensor, inputs: Tensor, alphas: Tensor) -> Tuple[Tensor,
     a = alphas.to(device=spans.device, dtype=spans.dtype).reshape(tuple(alphas.shape) + (1,) * (spans.dim() - 2))
     points = torch.addcmul(starts, a, spans).reshape((-1,) + tuple(spans.shape[2:]))
     return points, spans
-
-
-def select_target(target: Any, examples: slice, n: int) -> Any:
-    """The part of a Captum ``target`` that belongs to ``examples`` (of ``n``).
-
-    Per-example targets (a tensor with more than one element, a list) are sliced; a target shared by
-    all examples (None, an int, a tuple, a one-element tensor) is kept.
-    """
-    if examples == slice(0, n) or not isinstance(target, (Tensor, list)):
-        return target
-    if isinstance(target, Tensor) and target.numel() <= 1:
-        return target
-    return target[examples]
-
-
-def select_forward_args(additional_forward_args: Optional[Tuple], examples: slice, n: int) -> Optional[Tuple]:
-    """The part of formatted ``additional_forward_args`` that belongs to ``examples`` (of ``n``).
-
-    As in Captum, every tensor with a batch dimension is per-example (sliced); 0-d tensors and other
-    objects are shared (kept).
-    """
-    if additional_forward_args is None or examples == slice(0, n):
-        return additional_forward_args
-    return tuple(
-        a[examples] if isinstance(a, Tensor) and a.dim() > 0 else a for a in additional_forward_args
-    )
 
 
 class LocalPathIntegration(GradientAttribution):
@@ -316,8 +291,8 @@ class LocalPathIntegration(GradientAttribution):
                     self.gradient_func,
                     self.forward_func,
                     points,
-                    expand_target(select_target(target, examples, n), steps),
-                    expand_additional_forward_args(select_forward_args(afa, examples, n), steps),
+                    expand_target(subset_target(target, examples, n), steps),
+                    expand_additional_forward_args(subset_additional_forward_args(afa, examples, n), steps),
                 )
                 with torch.no_grad():
                     for total, g, d in zip(totals, grads, spans):
@@ -346,8 +321,8 @@ class LocalPathIntegration(GradientAttribution):
             out = forward_scores(
                 self.forward_func,
                 rows,
-                expand_target(select_target(target, examples, n), steps),
-                expand_additional_forward_args(select_forward_args(afa, examples, n), steps),
+                expand_target(subset_target(target, examples, n), steps),
+                expand_additional_forward_args(subset_additional_forward_args(afa, examples, n), steps),
             )
             scores[examples, block] = out.reshape(steps, count).t().to(torch.float64)
         return scores

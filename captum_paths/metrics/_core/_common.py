@@ -21,6 +21,7 @@ from captum_paths.attr._utils.captum_compat import (
 )
 from captum_paths.attr._utils.features import feature_groups, flatten_inputs, group_sum
 from captum_paths.attr._utils.progress import chunk_slices, progress_bar
+from captum_paths.attr._utils.rows import subset_additional_forward_args, subset_target
 from captum_paths.attr._utils.validation import check_internal_batch_size, check_same_batch
 
 TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
@@ -29,8 +30,6 @@ ScoreSpec = Union[str, Callable[[Tensor, Any], Tensor]]
 __all__ = [
     "prepare_inputs_and_attributions",
     "check_target",
-    "rows_target",
-    "rows_additional_forward_args",
     "score_function",
     "evaluate_rows",
     "group_attributions",
@@ -97,32 +96,6 @@ def check_target(target: Any, n: int) -> None:
         return
     raise TypeError(
         f"`target` must be None, an int, a tuple, a tensor or a list, got {type(target).__name__}"
-    )
-
-
-def rows_target(target: Any, row_examples: Tensor, n: int) -> Any:
-    """The Captum target of rows whose examples are ``row_examples`` (any Captum target format)."""
-    if target is None or isinstance(target, tuple):
-        return target
-    if isinstance(target, Integral):
-        return int(target)
-    if isinstance(target, Tensor):
-        if target.numel() == 1:
-            return target.reshape(())
-        return target.reshape(n)[row_examples.to(target.device)]
-    return [target[i] for i in row_examples.tolist()]
-
-
-def rows_additional_forward_args(afa: Optional[Tuple], row_examples: Tensor, n: int) -> Optional[Tuple]:
-    """Rows of every tensor forward argument with a batch dimension of ``n``; other arguments unchanged.
-
-    Captum's own expansion repeats every tensor argument with a dim 0, so any such tensor is per example.
-    """
-    if afa is None:
-        return None
-    return tuple(
-        a[row_examples.to(a.device)] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n else a
-        for a in afa
     )
 
 
@@ -193,9 +166,9 @@ def evaluate_rows(
                 forward_func,
                 batch,
                 None,
-                rows_additional_forward_args(afa, examples, n_examples),
+                subset_additional_forward_args(afa, examples, n_examples),
             )
-            values = reduce_output(output, rows_target(target, examples, n_examples), len(rows))
+            values = reduce_output(output, subset_target(target, examples, n_examples), len(rows))
             if out is None:
                 out = torch.empty((n_rows,) + tuple(values.shape[1:]), dtype=values.dtype, device=values.device)
             out[sl] = values

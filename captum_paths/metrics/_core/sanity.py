@@ -19,12 +19,11 @@ from torch import Tensor
 from captum_paths.attr._utils.captum_compat import format_additional_forward_args, format_inputs, run_forward
 from captum_paths.attr._utils.features import flatten_inputs
 from captum_paths.attr._utils.progress import chunk_slices, progress_bar
+from captum_paths.attr._utils.rows import subset_additional_forward_args, subset_target
 from captum_paths.attr._utils.validation import check_generator, check_internal_batch_size, check_same_batch
 from captum_paths.metrics._core._common import (
     check_target,
     pearson,
-    rows_additional_forward_args,
-    rows_target,
     score_function,
     spearman,
 )
@@ -205,8 +204,8 @@ class _Evaluator:
         for sl in chunk_slices(self.n, self.chunk):
             idx = torch.arange(sl.start, sl.stop, device=self.inputs[0].device)
             x = tuple(t[sl] for t in self.inputs)
-            t = rows_target(self.target, idx, self.n)
-            afa = rows_additional_forward_args(self.afa, idx, self.n)
+            t = subset_target(self.target, idx, self.n)
+            afa = subset_additional_forward_args(self.afa, idx, self.n)
             with torch.no_grad():
                 out = run_forward(model, x, None, afa)
                 scores.append(self.score_fn(out, t, len(idx)))
