@@ -5,15 +5,12 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-from captum._utils.common import _expand_additional_forward_args, _expand_target
 from captum.attr import IntegratedGradients, NoiseTunnel
 
 from captum_paths import GeometricallyGuidedIG
 from captum_paths.attr._core.geometrically_guided_ig import (
     interpolation_alphas,
     point_runs,
-    select_example_args,
-    select_example_targets,
     trapezoid_weights,
 )
 
@@ -102,31 +99,6 @@ def test_point_runs_cover_rows_in_repeat_order(n_examples, start, stop):
         assert [r % n_examples for r in rows] == list(range(examples.start, examples.stop))
         seen.extend(rows)
     assert seen == list(range(start, stop))
-
-
-@pytest.mark.parametrize(
-    "target",
-    [None, 2, (1, 0), torch.tensor(1), torch.tensor([0, 2, 1]), [0, 1, 2], [(0, 1), (1, 1), (2, 0)]],
-)
-def test_select_example_targets_equals_captum_expansion(target):
-    n, copies = 3, 4
-    index = torch.arange(n * copies) % n
-    ours = select_example_targets(target, index, n)
-    captum = _expand_target(target, copies)
-    if isinstance(captum, torch.Tensor):
-        assert torch.equal(ours, captum)
-    else:
-        assert ours == captum
-
-
-def test_select_example_args_equals_captum_expansion():
-    args = (torch.arange(6.0).reshape(3, 2), torch.tensor(2.0), "mode", 5)
-    index = torch.arange(12) % 3
-    ours = select_example_args(args, index)
-    captum = _expand_additional_forward_args(args, 4)
-    assert torch.equal(ours[0], captum[0]) and torch.equal(ours[1], captum[1])
-    assert ours[2:] == captum[2:]
-    assert select_example_args(None, index) is None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -458,17 +430,6 @@ def test_bad_inputs_raise(quadratic):
         ggig.attribute(torch.zeros(1, 6, dtype=torch.float64), n_steps=1, n_iterations=1)
     with pytest.raises(TypeError, match="multiply_by_inputs"):
         GeometricallyGuidedIG(quadratic, multiply_by_inputs="yes")
-
-
-def test_summed_gradients_equal_captum_per_row_gradients(digits, digits_cnn64):
-    from captum_paths.attr._core.geometrically_guided_ig import summed_gradients_and_scores
-    from captum_paths.attr._utils.captum_compat import compute_gradients, gradients_and_scores
-
-    x = digits.x_test[:5].double().requires_grad_()
-    target = digits.y_test[:5]
-    ours, our_scores = summed_gradients_and_scores(compute_gradients, digits_cnn64, (x,), target)
-    captum, captum_scores = gradients_and_scores(compute_gradients, digits_cnn64, (x,), target)
-    assert torch.equal(ours[0], captum[0]) and torch.equal(our_scores, captum_scores)
 
 
 def test_gradient_func_is_swappable(quadratic):

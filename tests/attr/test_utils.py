@@ -1,8 +1,8 @@
-import math
-
 import numpy as np
 import pytest
 import torch
+
+from captum._utils.common import _expand_additional_forward_args, _expand_target
 
 from captum_paths.attr._utils.baselines import (
     Constant,
@@ -219,3 +219,39 @@ def test_check_generator():
     assert isinstance(g, torch.Generator) and g.initial_seed() == 5
     with pytest.raises(TypeError, match="generator"):
         check_generator("seed")
+
+
+def test_summed_gradients_equal_captum_per_row_gradients(digits, digits_cnn64):
+    from captum_paths.attr._utils.captum_compat import compute_gradients
+
+    x = digits.x_test[:5].double().requires_grad_()
+    target = digits.y_test[:5]
+    ours, scores = gradients_and_scores(compute_gradients, digits_cnn64, (x,), target)
+    captum = compute_gradients(digits_cnn64, (x,), target)
+    torch.testing.assert_close(ours[0], captum[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(scores, digits_cnn64(x).gather(1, target[:, None]).squeeze(1).detach())
+
+
+@pytest.mark.parametrize(
+    "target",
+    [None, 2, (1, 0), torch.tensor(1), torch.tensor([0, 2, 1]), [0, 1, 2], [(0, 1), (1, 1), (2, 0)]],
+)
+def test_subset_target_equals_captum_expansion(target):
+    n, copies = 3, 4
+    index = torch.arange(n * copies) % n
+    ours = subset_target(target, index, n)
+    captum = _expand_target(target, copies)
+    if isinstance(captum, torch.Tensor):
+        assert torch.equal(ours, captum)
+    else:
+        assert ours == captum
+
+
+def test_subset_additional_forward_args_equals_captum_expansion():
+    args = (torch.arange(6.0).reshape(3, 2), torch.tensor(2.0), "mode", 5)
+    index = torch.arange(12) % 3
+    ours = subset_additional_forward_args(args, index, 3)
+    captum = _expand_additional_forward_args(args, 4)
+    assert torch.equal(ours[0], captum[0]) and torch.equal(ours[1], captum[1])
+    assert ours[2:] == captum[2:]
+    assert subset_additional_forward_args(None, index, 3) is None

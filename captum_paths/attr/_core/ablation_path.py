@@ -287,7 +287,7 @@ class AblationPath(GradientAttribution):
         internal_batch_size = check_internal_batch_size(internal_batch_size)
         if not isinstance(return_path, bool):
             raise TypeError(f"`return_path` must be a bool, got {type(return_path).__name__}")
-        n_examples = check_same_batch(inputs)
+        check_same_batch(inputs)
         check_finite_inputs(inputs)
         if feature_mask is None and any(x.dim() != 4 for x in inputs):
             raise ValueError(

@@ -13,12 +13,12 @@ from captum_paths.attr._utils.captum_compat import (
     format_additional_forward_args,
     format_inputs,
     format_output,
-    forward_scores,
+    gradients_and_scores,
     is_tuple,
     log_usage,
-    target_scores,
 )
 from captum_paths.attr._utils.progress import chunk_slices, progress_bar
+from captum_paths.attr._utils.rows import subset_additional_forward_args, subset_target
 from captum_paths.attr._utils.validation import (
     check_finite_inputs,
     check_generator,
@@ -33,9 +33,6 @@ __all__ = [
     "interpolation_alphas",
     "trapezoid_weights",
     "point_runs",
-    "select_example_targets",
-    "select_example_args",
-    "summed_gradients_and_scores",
 ]
 
 REDUCTIONS = ("max", "trapezoid")
@@ -75,65 +72,6 @@ def point_runs(rows: slice, n_examples: int) -> List[Tuple[int, slice, slice]]:
         runs.append((point, slice(r - rows.start, stop - rows.start), slice(r % n_examples, r % n_examples + stop - r)))
         r = stop
     return runs
-
-
-def summed_gradients_and_scores(
-    gradient_func: Callable,
-    forward_func: Callable,
-    inputs: Tuple[Tensor, ...],
-    target: Any = None,
-    additional_forward_args: Any = None,
-) -> Tuple[Tuple[Tensor, ...], Tensor]:
-    """Gradients of every row's target score w.r.t. its own inputs, and the scores, in one pass.
-
-    ``gradient_func`` (the swappable ``self.gradient_func``, Captum's ``compute_gradients`` by default)
-    is handed a forward function that returns the *sum* of the rows' target scores, shape ``(1,)``, and
-    ``target=None``. Rows do not interact (the assumption of every batched attribution), so the gradient
-    of the sum w.r.t. a row is that row's own gradient, bit for bit the result of Captum's per-row
-    ``torch.unbind`` of the scores; but one scalar output spares autograd a gradient tensor per row,
-    about 7% of the time of a small CNN's pass. The scores are validated (clear ``ValueError`` for a bad
-    ``target``) before any backward pass. Returns ``(grads, scores)``, scores of shape ``(rows,)``.
-    """
-    n_rows = inputs[0].shape[0]
-    recorded: List[Tensor] = []
-
-    def summed_target_score(*args):
-        scores = target_scores(forward_func(*args), target, n_rows)
-        recorded.append(scores.detach())
-        return scores.sum().reshape(1)
-
-    grads = gradient_func(summed_target_score, inputs, None, additional_forward_args)
-    if not recorded:  # a custom gradient_func that never called the forward function
-        return grads, forward_scores(forward_func, inputs, target, additional_forward_args)
-    return tuple(g.detach() for g in grads), recorded[-1]
-
-
-def select_example_targets(target: Any, example_index: Tensor, n_examples: int) -> Any:
-    """The Captum target of the rows whose examples are ``example_index`` (``(R,)`` long).
-
-    Per-example targets (a list of ``n_examples`` entries, a tensor of ``n_examples`` entries) are
-    gathered; shared targets (``None``, an int, a tuple, a one-element tensor) are returned unchanged.
-    With ``example_index = arange(R) % N`` this is Captum's ``_expand_target`` (repeat order).
-    """
-    if isinstance(target, list):
-        return [target[i] for i in example_index.tolist()]
-    if isinstance(target, Tensor) and target.numel() > 1:
-        return target.reshape(n_examples)[example_index.to(target.device)]
-    return target
-
-
-def select_example_args(additional_forward_args: Optional[Tuple], example_index: Tensor) -> Optional[Tuple]:
-    """The additional forward arguments of the rows whose examples are ``example_index``.
-
-    Tensors with a batch dimension are gathered along dim 0; 0-d tensors and non-tensors pass unchanged.
-    With ``example_index = arange(R) % N`` this is Captum's ``_expand_additional_forward_args``.
-    """
-    if additional_forward_args is None:
-        return None
-    return tuple(
-        a.index_select(0, example_index.to(a.device)) if isinstance(a, Tensor) and a.dim() > 0 else a
-        for a in additional_forward_args
-    )
 
 
 class GeometricallyGuidedIG(GradientAttribution):
@@ -196,7 +134,7 @@ class GeometricallyGuidedIG(GradientAttribution):
 
     ``self.gradient_func`` (swappable, Captum's ``compute_gradients`` by default) is called once per
     pass with a forward function that returns the *sum* of the rows' target scores, shape ``(1,)``, and
-    ``target=None`` (see :func:`summed_gradients_and_scores`): the same gradients as Captum's per-row
+    ``target=None`` (see :func:`~captum_paths.attr._utils.captum_compat.gradients_and_scores`): the same gradients as Captum's per-row
     unbind, without its per-row cost.
     """
 
@@ -437,15 +375,15 @@ class GeometricallyGuidedIG(GradientAttribution):
         the target scores of the first pass, shape ``(rows,)``.
         """
         n_rows = points[0].shape[0]
-        chunk_target = select_example_targets(target, example_index, n_examples)
-        chunk_args = select_example_args(additional_forward_args, example_index)
+        chunk_target = subset_target(target, example_index, n_examples)
+        chunk_args = subset_additional_forward_args(additional_forward_args, example_index, n_examples)
         active: Optional[Tensor] = None  # None: every row of the chunk still climbs
         row_max: Tuple[Tensor, ...] = ()
         first_scores = None
         for iteration in range(n_iterations):
             if active is None:
                 current = tuple(p.requires_grad_() for p in points)
-                grads, scores = summed_gradients_and_scores(
+                grads, scores = gradients_and_scores(
                     self.gradient_func, self.forward_func, current, chunk_target, chunk_args
                 )
                 with torch.no_grad():
@@ -462,12 +400,12 @@ class GeometricallyGuidedIG(GradientAttribution):
                 with torch.no_grad():
                     current = tuple(p.index_select(0, active) for p in points)
                 current = tuple(c.requires_grad_() for c in current)
-                grads, _ = summed_gradients_and_scores(
+                grads, _ = gradients_and_scores(
                     self.gradient_func,
                     self.forward_func,
                     current,
-                    select_example_targets(target, active_examples, n_examples),
-                    select_example_args(additional_forward_args, active_examples),
+                    subset_target(target, active_examples, n_examples),
+                    subset_additional_forward_args(additional_forward_args, active_examples, n_examples),
                 )
                 with torch.no_grad():
                     for m, g in zip(row_max, grads):

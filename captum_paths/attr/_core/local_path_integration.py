@@ -1,6 +1,6 @@
 """Local Path Integration (Yang, Akhtar, Wen, Mian: "Local Path Integration for Attribution", AAAI 2023)."""
 from numbers import Real
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -15,7 +15,7 @@ from captum_paths.attr._utils.captum_compat import (
     format_inputs,
     format_output,
     forward_scores,
-    summed_gradients_and_scores,
+    gradients_and_scores,
     is_tuple,
     log_usage,
     run_forward,
@@ -287,7 +287,7 @@ class LocalPathIntegration(GradientAttribution):
                     paths = [interpolate(s, x[examples], a) for s, x in zip(starts, inputs)]
                     points = tuple(p.requires_grad_() for p, _ in paths)
                     spans = tuple(d for _, d in paths)
-                grads, _ = summed_gradients_and_scores(
+                grads, _ = gradients_and_scores(
                     self.gradient_func,
                     self.forward_func,
                     points,

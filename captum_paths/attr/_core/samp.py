@@ -16,7 +16,7 @@ from captum_paths.attr._utils.captum_compat import (
     format_inputs,
     format_output,
     forward_scores,
-    summed_gradients_and_scores,
+    gradients_and_scores,
     is_tuple,
     log_usage,
 )
@@ -362,7 +362,7 @@ class _PathRun:
         target = subset_target(self.target, index, self.rows)
         afa = subset_additional_forward_args(self.afa, index, self.rows)
         leaves = tuple(t.detach().requires_grad_() for t in unflatten_inputs(points, self.like))
-        grads, scores = summed_gradients_and_scores(
+        grads, scores = gradients_and_scores(
             self.attribution.gradient_func, self.attribution.forward_func, leaves, target, afa
         )
         return flatten_inputs(grads).to(points.dtype), scores.to(points.dtype)

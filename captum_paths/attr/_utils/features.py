@@ -8,7 +8,7 @@ from 0) overrides the default, e.g. for superpixels.
 Path methods here work on a flat view: every example's tuple of tensors is concatenated into one row
 of ``D`` elements (:func:`flatten_inputs`), and the groups are a ``(N, D)`` long tensor of ids.
 """
-from typing import Optional, Tuple, Union
+from typing import Tuple, Union
 
 import torch
 from torch import Tensor
