@@ -2,7 +2,7 @@
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain bars: tqdm.auto warns in notebooks without ipywidgets
 
 __all__ = ["progress_bar", "chunk_slices"]
 
