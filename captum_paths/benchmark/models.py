@@ -60,7 +60,7 @@ def train_classifier(
     total_steps = epochs * ((len(x) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total_steps, 1)) if lr_schedule else None
     model.train()
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     for _ in tqdm(range(epochs), desc="training", unit="epoch", disable=not show_progress, leave=False):
         perm = torch.randperm(len(x), generator=gen, device="cpu").to(x.device)

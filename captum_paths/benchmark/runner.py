@@ -350,7 +350,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> Dict[str, Any]:
 
 
 def _run(cfg: BenchmarkConfig, methods: List[str]) -> Dict[str, Any]:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     device = torch.device(cfg.device)
     n_images = cfg.resolved_n_images()
