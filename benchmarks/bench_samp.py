@@ -1,6 +1,6 @@
 """SampAttribution cost against its floor, and batched against one-image-at-a-time.
 
-    python benchmarks/bench_samp.py [--n-images 64] [--repeats 3] [--size 28]
+    python benchmarks/bench_samp.py [--model small|samp-paper] [--n-images 64] [--repeats 3] [--size 28]
 
 1. Overhead: SAMP++ wall time for a batch of ``n`` digits divided by the time of the bare model passes
    it needs (the floor): the same sequence of forward+backward passes with the same batch sizes (recorded
@@ -16,7 +16,7 @@ import torch
 
 from captum_paths import SampAttribution
 from captum_paths.benchmark.data import load_digits_images
-from captum_paths.benchmark.models import SmallDigitsCNN, accuracy, train_classifier
+from captum_paths.benchmark.models import SampPaperCNN, SmallDigitsCNN, accuracy, train_classifier
 
 
 class RecordingModel(torch.nn.Module):
@@ -53,12 +53,15 @@ def main():
     parser.add_argument("--n-images", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--model", choices=("small", "samp-paper"), default="small",
+                        help="SmallDigitsCNN (8/16 channels) or the SAMP paper's MNIST CNN (benchmark default widths)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
     data = load_digits_images(args.size)
-    model = train_classifier(SmallDigitsCNN(), data.x_train, data.y_train, epochs=8)
-    print(f"model: SmallDigitsCNN on {args.size}x{args.size} digits, test accuracy {accuracy(model, data.x_test, data.y_test):.3f}")
+    model = SmallDigitsCNN() if args.model == "small" else SampPaperCNN()
+    model = train_classifier(model, data.x_train, data.y_train, epochs=8)
+    print(f"model: {type(model).__name__} on {args.size}x{args.size} digits, test accuracy {accuracy(model, data.x_test, data.y_test):.3f}")
     x, y = data.x_test[: args.n_images], data.y_test[: args.n_images]
     recorder = RecordingModel(model)
     samp = SampAttribution(recorder)

@@ -340,6 +340,8 @@ class _PathRun:
         self.like = like
         self.starts, self.ends = starts, ends
         self.largest, self.ids, self.n_groups = largest, ids, n_groups
+        # None when rows mix directions; else whether every row picks the largest projection
+        self.one_direction = bool(largest[0]) if bool((largest == largest[0]).all()) else None
         self.target, self.afa = target, additional_forward_args
         self.step_size, self.momentum, self.max_steps = step_size, momentum, max_steps
         self.rows = starts.shape[0]
@@ -436,14 +438,12 @@ class _PathRun:
         self.attributions[rows] = accumulated
         self.covered[rows] = covered
 
-    def _choose(self, projection: Tensor, unfinished: Tensor, largest: Tensor) -> Tensor:
-        if bool(largest.all()):
-            return select_salient_groups(projection, unfinished, self.step_size, True)
-        if not bool(largest.any()):
-            return select_salient_groups(projection, unfinished, self.step_size, False)
+    def _choose(self, projection: Tensor, pending: Tensor, largest: Tensor) -> Tensor:
+        if self.one_direction is not None:
+            return select_salient_groups(projection, pending, self.step_size, self.one_direction)
         # insertion rows want the largest projection, deletion rows the most negative: flip the latter
         signed = torch.where(largest.unsqueeze(1), projection, -projection)
-        return select_salient_groups(signed, unfinished, self.step_size, True)
+        return select_salient_groups(signed, pending, self.step_size, True)
 
     def _take_snapshots(self, rows: Tensor, points: Tensor, attributions: Tensor, covered: Tensor) -> None:
         reached = covered.unsqueeze(1) >= self.snapshot_fractions - 1e-6

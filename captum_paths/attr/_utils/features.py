@@ -17,8 +17,13 @@ __all__ = ["flatten_inputs", "unflatten_inputs", "feature_groups", "group_sum"]
 
 
 def flatten_inputs(inputs: Tuple[Tensor, ...]) -> Tensor:
-    """Concatenate the per-example elements of a tuple of ``(N, ...)`` tensors: shape ``(N, D)``."""
+    """Concatenate the per-example elements of a tuple of ``(N, ...)`` tensors: shape ``(N, D)``.
+
+    May return a view of a single input (never write into the result in place).
+    """
     n = inputs[0].shape[0]
+    if len(inputs) == 1:  # a view when possible: no copy on the hot path of single-input models
+        return inputs[0].reshape(n, -1)
     return torch.cat([x.reshape(n, -1) for x in inputs], dim=1)
 
 
