@@ -232,6 +232,16 @@ def _resolve_target(target, model, evaluator: "_Evaluator"):
     return None
 
 
+def _sanity_check(model, evaluator, target, damaged_models, labels_out, values, show_progress, desc):
+    """Explain with the original model, then with every damaged copy; compare. The model is never touched."""
+    reference_model = copy.deepcopy(model)  # even a forward pass may change a model (BatchNorm in train mode)
+    evaluator.target = _resolve_target(target, reference_model, evaluator)
+    sp_abs, sp, pe_abs, ssim, scores, agreement, accuracy = _run_steps(
+        reference_model, evaluator, damaged_models, labels_out, show_progress, desc
+    )
+    return SanityCheckResult(labels_out, sp_abs, sp, pe_abs, ssim, scores, agreement, accuracy, values)
+
+
 def _run_steps(reference_model, evaluator, damaged_models, labels_out, show_progress, desc):
     reference, ref_scores, ref_top1 = evaluator.run(reference_model)
     first = evaluator.inputs[0]
@@ -349,8 +359,6 @@ def model_randomization_check(
     gen = check_generator(generator)
     evaluator = _Evaluator(attribute_fn, attribute_kwargs, inputs, target, additional_forward_args, labels,
                            score, max_examples_per_batch)
-    reference_model = copy.deepcopy(model)  # even a forward pass may change a model (BatchNorm in train mode)
-    evaluator.target = _resolve_target(target, reference_model, evaluator)
 
     def damaged_models():
         work = copy.deepcopy(model)
@@ -361,11 +369,8 @@ def model_randomization_check(
             yield work
 
     labels_out = ["original"] + list(layers)
-    sp_abs, sp, pe_abs, ssim, scores, agreement, accuracy = _run_steps(
-        reference_model, evaluator, damaged_models(), labels_out, show_progress, "randomisation"
-    )
     values = torch.arange(len(labels_out), dtype=torch.float64)
-    return SanityCheckResult(labels_out, sp_abs, sp, pe_abs, ssim, scores, agreement, accuracy, values)
+    return _sanity_check(model, evaluator, target, damaged_models(), labels_out, values, show_progress, "randomisation")
 
 
 def sigma_perturbation_check(
@@ -410,8 +415,6 @@ def sigma_perturbation_check(
     gen = check_generator(generator)
     evaluator = _Evaluator(attribute_fn, attribute_kwargs, inputs, target, additional_forward_args, labels,
                            score, max_examples_per_batch)
-    reference_model = copy.deepcopy(model)  # even a forward pass may change a model (BatchNorm in train mode)
-    evaluator.target = _resolve_target(target, reference_model, evaluator)
 
     def noisy_models():
         for t in sigma_list:
@@ -430,8 +433,5 @@ def sigma_perturbation_check(
             yield work
 
     labels_out = ["original"] + [f"sigma={t:g}" for t in sigma_list]
-    sp_abs, sp, pe_abs, ssim, scores, agreement, accuracy = _run_steps(
-        reference_model, evaluator, noisy_models(), labels_out, show_progress, "sigma-perturbation"
-    )
     values = torch.tensor([0.0] + sigma_list, dtype=torch.float64)
-    return SanityCheckResult(labels_out, sp_abs, sp, pe_abs, ssim, scores, agreement, accuracy, values)
+    return _sanity_check(model, evaluator, target, noisy_models(), labels_out, values, show_progress, "sigma-perturbation")
