@@ -81,18 +81,25 @@ def _require_folder(root, what: str):
     return path
 
 
+def _open_torchvision_splits(dataset_class, name: str, root, download: bool):
+    """The train and test splits of a torchvision dataset under ``root``; a clear error if absent."""
+    path = _require_folder(root, name)
+    if not download and not path.is_dir():
+        raise DataNotFoundError(f"{name} data folder not found: {path} (pass --download to fetch it)")
+    try:
+        return (
+            dataset_class(str(path), train=True, download=download),
+            dataset_class(str(path), train=False, download=download),
+        )
+    except RuntimeError as exc:
+        raise DataNotFoundError(f"{name} not found under {path}: {exc}") from None
+
+
 def load_mnist(root, download: bool = False) -> ImageSplit:
     """MNIST through torchvision (60,000 train / 10,000 test, 28x28), scaled to [0, 1]."""
     from torchvision import datasets
 
-    path = _require_folder(root, "MNIST")
-    if not download and not path.is_dir():
-        raise DataNotFoundError(f"MNIST data folder not found: {path} (pass --download to fetch it)")
-    try:
-        train = datasets.MNIST(str(path), train=True, download=download)
-        test = datasets.MNIST(str(path), train=False, download=download)
-    except RuntimeError as exc:
-        raise DataNotFoundError(f"MNIST not found under {path}: {exc}") from None
+    train, test = _open_torchvision_splits(datasets.MNIST, "MNIST", root, download)
 
     def to_tensor(ds):
         return ds.data.float().div(255).unsqueeze(1), ds.targets.long()
@@ -106,14 +113,7 @@ def load_cifar10(root, download: bool = False) -> ImageSplit:
     """CIFAR-10 through torchvision (50,000 train / 10,000 test, 3x32x32), scaled to [0, 1]."""
     from torchvision import datasets
 
-    path = _require_folder(root, "CIFAR-10")
-    if not download and not path.is_dir():
-        raise DataNotFoundError(f"CIFAR-10 data folder not found: {path} (pass --download to fetch it)")
-    try:
-        train = datasets.CIFAR10(str(path), train=True, download=download)
-        test = datasets.CIFAR10(str(path), train=False, download=download)
-    except RuntimeError as exc:
-        raise DataNotFoundError(f"CIFAR-10 not found under {path}: {exc}") from None
+    train, test = _open_torchvision_splits(datasets.CIFAR10, "CIFAR-10", root, download)
 
     def to_tensor(ds):
         x = torch.as_tensor(ds.data).permute(0, 3, 1, 2).float().div(255)
