@@ -60,13 +60,20 @@ def test_tangent_projection_keeps_weighted_means_and_max_norm():
     g = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64)
     w = torch.rand(2, 5, generator=gen, dtype=torch.float64)
     w = w / w.sum(1, keepdim=True)
-    p = tangent_projection(g, w)
+    p = tangent_projection(g, w.unsqueeze(1))
     assert (p * w.unsqueeze(1)).sum(-1).abs().max() < 1e-14
-    uniform = torch.full((2, 5), 0.2, dtype=torch.float64)
+    uniform = torch.full((2, 1, 5), 0.2, dtype=torch.float64)
     assert torch.allclose(tangent_projection(g, uniform), g - g.mean(-1, keepdim=True), atol=1e-14)
+    assert torch.allclose(tangent_projection(g, None), g - g.mean(-1, keepdim=True), atol=1e-15)
+    # time-major layout (K, N, G): the (N, G) weights broadcast as they are
+    assert torch.allclose(tangent_projection(g.transpose(0, 1), w), p.transpose(0, 1), atol=1e-15)
     n = max_norm_normalise(p)
     assert torch.allclose(n.flatten(1).abs().amax(1), torch.ones(2, dtype=torch.float64))
+    assert torch.equal(n, p / p.flatten(1).abs().amax(1).reshape(2, 1, 1))
+    # the example dimension may be any dimension
+    assert torch.equal(max_norm_normalise(p.transpose(0, 1), dim=1), n.transpose(0, 1))
     assert torch.equal(max_norm_normalise(torch.zeros(2, 3)), torch.zeros(2, 3))
+    assert torch.equal(max_norm_normalise(torch.tensor([-2.0, 0.0, 4.0])), torch.tensor([-1.0, 0.0, 1.0]))
 
 
 def test_first_index():

@@ -23,8 +23,8 @@ from captum_paths.attr._utils.captum_compat import (
 from captum_paths.attr._utils.features import feature_groups, flatten_inputs, group_sum, unflatten_inputs
 from captum_paths.attr._utils.monotone import (
     gaussian_filter_2d,
-    path_saturation,
-    repair_path,
+    path_saturation_time_major,
+    repair_path_time_major_,
     saturate,
     trapezoid_weights,
 )
@@ -116,24 +116,32 @@ def first_index(condition: Tensor) -> Tensor:
     return torch.where(first == n_points, torch.full_like(first, -1), first)
 
 
-def tangent_projection(gradient: Tensor, weights: Tensor) -> Tensor:
-    """Remove from ``gradient`` (``(N, K, G)``) its component along ``weights`` (``(N, G)``).
+def tangent_projection(gradient: Tensor, weights: Optional[Tensor]) -> Tensor:
+    """Remove from ``gradient`` (``(..., G)``) its component along ``weights`` (broadcastable to it).
 
     A step along the result keeps every weighted mean ``sum_g w_g phi_g`` (the fraction of the input
-    ablated at each path point) unchanged. With equal weights this subtracts the spatial mean.
+    ablated at each path point) unchanged. ``weights=None`` stands for equal weights: the spatial mean
+    is subtracted.
     """
-    if bool((weights == weights[..., :1]).all()):  # equal weights: subtracting the mean is the same
+    if weights is None:
         return gradient - gradient.mean(dim=-1, keepdim=True)
-    w = weights.unsqueeze(1)
-    coeff = (gradient * w).sum(-1, keepdim=True) / (w * w).sum(-1, keepdim=True)
-    return gradient - coeff * w
+    coeff = (gradient * weights).sum(-1, keepdim=True) / (weights * weights).sum(-1, keepdim=True)
+    return gradient - coeff * weights
 
 
-def max_norm_normalise(update: Tensor) -> Tensor:
-    """Divide each example's ``update`` (``(N, ...)``) by its largest absolute entry (zeros stay zero)."""
-    scale = update.reshape(update.shape[0], -1).abs().max(dim=1).values
+def max_norm_normalise(update: Tensor, dim: int = 0) -> Tensor:
+    """Divide each example's ``update`` by its largest absolute entry (zeros stay zero); ``dim`` is the
+    example dimension, the maximum is over all the others."""
+    dim = dim % update.dim()
+    others = tuple(d for d in range(update.dim()) if d != dim)
+    if others:
+        scale = torch.maximum(update.amax(dim=others), update.amin(dim=others).neg_())
+    else:
+        scale = update.abs()
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return update / scale.reshape((-1,) + (1,) * (update.dim() - 1))
+    shape = [1] * update.dim()
+    shape[dim] = -1
+    return update / scale.reshape(shape)
 
 
 class AblationPath(GradientAttribution):
@@ -381,10 +389,14 @@ class AblationPath(GradientAttribution):
         weights = group_sum(
             torch.ones(group_ids.shape, dtype=mask_dtype, device=device), group_ids, n_groups
         ) / group_ids.shape[1]
+        # equal weights (one group per pixel, or groups of one size): plain means, no weights needed
+        mean_weights = None if bool((weights == weights[:, :1]).all()) else weights
         times = torch.linspace(0, 1, n_points, dtype=mask_dtype, device=device)
         quadrature = trapezoid_weights(n_points, mask_dtype, device)
-        masks = times.reshape(1, n_points, 1).expand(n_examples, n_points, n_groups).clone()
-        velocity = torch.zeros(n_examples, n_interior, n_groups, dtype=mask_dtype, device=device)
+        # time-major (T, N, G): path[k] holds every example's mask at times[k], so the interior points
+        # are the model's rows (point-major: row k * N + j shows example j at interior point k + 1)
+        path = times.reshape(n_points, 1, 1).expand(n_points, n_examples, n_groups).clone()
+        velocity = torch.zeros(n_interior, n_examples, n_groups, dtype=mask_dtype, device=device)
         forward = _scored_forward(self.forward_func, score)
         spatial_blocks = _spatial_blocks(inputs) if spatial and filter_sigma > 0 else None
         example_args = _ExampleArgs(target, additional_forward_args, n_examples)
@@ -410,11 +422,10 @@ class AblationPath(GradientAttribution):
                 n_active = active.numel()
                 if n_active == 0:
                     break
-                every = n_active == n_examples  # plain views instead of index copies
-                current = masks if every else masks[active]
-                # rows are point-major: row k * n_active + j shows example active[j] at interior point k
+                every = n_active == n_examples  # the whole state in place instead of index copies
+                current = path if every else path[:, active]
                 row_examples = active.repeat(n_interior)
-                row_masks = current[:, 1:-1].transpose(0, 1).reshape(-1, n_groups)
+                row_masks = current[1:-1].reshape(-1, n_groups)
                 gradient = torch.empty(row_examples.numel(), n_groups, dtype=mask_dtype, device=device)
                 row_scores = torch.empty(row_examples.numel(), dtype=mask_dtype, device=device)
                 for rows in chunk_slices(row_examples.numel(), internal_batch_size):
@@ -426,33 +437,32 @@ class AblationPath(GradientAttribution):
                     gradient[rows] = geometry.mask_gradient(examples, grads)
                     row_scores[rows] = scores
                     bar.update()
-                gradient = gradient.reshape(n_interior, n_active, n_groups).transpose(0, 1)
-                row_scores = row_scores.reshape(n_interior, n_active).transpose(0, 1)
-                history[active, iteration] = end_contribution[active] + row_scores @ quadrature[1:-1]
+                gradient = gradient.view(n_interior, n_active, n_groups)
+                history[active, iteration] = end_contribution[active] + quadrature[1:-1] @ row_scores.view(
+                    n_interior, n_active
+                )
 
-                w = weights if every else weights[active]
-                step = max_norm_normalise(tangent_projection(gradient, w))
-                moved = velocity if every else velocity[active]
-                moved = moved.mul_(momentum).add_(step)
+                w = mean_weights if mean_weights is None or every else mean_weights[active]
+                step = max_norm_normalise(tangent_projection(gradient, w), dim=1)
+                moved = velocity if every else velocity[:, active]
+                moved.mul_(momentum).add_(step)
                 if not every:
-                    velocity[active] = moved
-                path = current.clone()
-                interior = saturate(path[:, 1:-1].add_(moved, alpha=step_size), zeta)
+                    velocity[:, active] = moved
+                interior = saturate(current[1:-1].add_(moved, alpha=step_size), zeta, inplace=True)
                 if spatial_blocks is not None:
-                    interior = _filter_blocks(interior, spatial_blocks, filter_sigma)
-                path[:, 1:-1] = interior
-                path = repair_path(path, w)
+                    current[1:-1] = _filter_blocks(interior, spatial_blocks, filter_sigma)
+                current = repair_path_time_major_(current, w)
                 if every:
-                    masks = path
+                    path = current
                 else:
-                    masks[active] = path
+                    path[:, active] = current
                 iterations_run[active] += 1
                 if stop_saturation is not None:
-                    done = path_saturation(path, w) >= stop_saturation
+                    done = path_saturation_time_major(current, w) >= stop_saturation
                     active = active[~done]
 
             # the final path: scores (and top class) at the interior points, no gradients
-            row_masks = masks[:, 1:-1].transpose(0, 1).reshape(-1, n_groups)
+            row_masks = path[1:-1].reshape(-1, n_groups)
             mid_scores, mid_top = self._evaluate(
                 forward, geometry, example_args, all_examples.repeat(n_interior), row_masks,
                 internal_batch_size, bar,
@@ -463,6 +473,7 @@ class AblationPath(GradientAttribution):
         is_top = torch.cat([end_top[0].unsqueeze(1), mid_top, end_top[1].unsqueeze(1)], dim=1)
         path_score = (scores * quadrature).sum(dim=1)
         history[all_examples, iterations_run] = path_score
+        masks = path.transpose(0, 1).contiguous()  # (N, T, G) for the result
 
         threshold_index = first_index(~is_top)
         drop_index = first_index(scores <= (1 - drop_fraction) * scores[:, :1])
@@ -475,7 +486,7 @@ class AblationPath(GradientAttribution):
             path_score=path_score,
             path_score_history=history,
             iterations_run=iterations_run,
-            saturation=path_saturation(masks, weights),
+            saturation=path_saturation_time_major(path, mean_weights),
             target_is_top=is_top,
             threshold_index=threshold_index,
             threshold_time=_index_times(times, threshold_index),
@@ -590,12 +601,12 @@ def _spatial_blocks(inputs: Tuple[Tensor, ...]) -> List[Tuple[int, int, int]]:
 
 
 def _filter_blocks(masks: Tensor, blocks: List[Tuple[int, int, int]], sigma: float) -> Tensor:
-    """Gaussian-filter the per-pixel masks ``(N, K, G)`` of every input image on its own grid."""
+    """Gaussian-filter the per-pixel masks ``(..., G)`` of every input image on its own grid."""
     parts = []
     for offset, height, width in blocks:
         grid = masks[..., offset : offset + height * width].reshape(masks.shape[:-1] + (height, width))
         parts.append(gaussian_filter_2d(grid, sigma).reshape(masks.shape[:-1] + (height * width,)))
-    return torch.cat(parts, dim=-1)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
 def _element_masks(masks: Tensor, group_ids: Tensor, inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:

@@ -16,10 +16,16 @@ The functions here are pure tensor maps, vectorised over every leading dimension
 * :func:`saturate`: the saturation map ``(tanh((2 phi - 1) zeta) / tanh(zeta) + 1) / 2``;
 * :func:`gaussian_filter_2d`: the spatial Gaussian filter of masks (scipy ``mode="nearest"`` semantics);
 * :func:`path_saturation`: how close a path's masks are to binary (1 = every mask value is 0 or 1).
+
+:class:`~captum_paths.AblationPath` keeps its path time-major, ``(T, N, G)``: row ``k`` holds the masks
+of every example at ``t_k``, so the interior points are the model's batch without a copy and the
+monotone projection reads each point's values as one contiguous row. The ``*_time_major`` functions
+work on that layout (the ones ending in ``_`` overwrite their argument); the public functions take the
+natural ``(..., T, G)`` layout and delegate to them.
 """
 import functools
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -32,6 +38,11 @@ __all__ = [
     "gaussian_filter_2d",
     "path_saturation",
     "trapezoid_weights",
+    "weighted_mean",
+    "project_columns_",
+    "constant_speed_time_major",
+    "repair_path_time_major_",
+    "path_saturation_time_major",
 ]
 
 
@@ -58,68 +69,96 @@ def monotone_projection(values: Tensor, dim: int = -1) -> Tensor:
     """
     if not isinstance(values, Tensor) or not values.dtype.is_floating_point:
         raise TypeError("`values` must be a floating-point torch.Tensor")
-    moved = values.movedim(dim, -1)  # a view: no copy of the (typically large) untouched part
-    if moved.shape[-1] < 2 or moved.numel() == 0:
-        return values.clone()
-    # only sequences with at least one decrease need work
-    descents = moved[..., 1:] < moved[..., :-1]
-    needs_work = descents.any(dim=-1)
-    out = values.clone()
-    if bool(needs_work.any()):
-        out.movedim(dim, -1)[needs_work] = _merge_violating_blocks(moved[needs_work], descents[needs_work])
-    return out
+    # time-major copy: each position of the sequences is one contiguous row
+    out = values.movedim(dim, 0).clone(memory_format=torch.contiguous_format)
+    if out.numel() > 0 and out.shape[0] > 1:
+        project_columns_(out.view(out.shape[0], -1))
+    return out.movedim(0, dim)
 
 
-def _merge_violating_blocks(seqs: Tensor, descents: Tensor) -> Tensor:
-    """Block merging on ``(P, L)`` sequences that each contain a decrease (``descents``: ``(P, L-1)``).
+def project_columns_(columns: Tensor) -> Tensor:
+    """In-place :func:`monotone_projection` of every column of a contiguous ``(L, P)`` tensor.
+
+    The time-major layout of the ablation path (one row per path point) needs no transpose: only the
+    columns that contain a decrease are copied out, merged and written back.
+    """
+    descents = columns[1:] < columns[:-1]
+    needs_work = descents.any(dim=0).nonzero().squeeze(1)
+    if needs_work.numel() > 0:
+        # the merge loop runs on rows: (P', L) contiguous, one sequence per row
+        seqs = columns.index_select(1, needs_work).t().contiguous()
+        joined = descents.index_select(1, needs_work).t().contiguous()
+        columns.index_copy_(1, needs_work, _merge_violating_blocks(seqs, joined).t())
+    return columns
+
+
+def _merge_violating_blocks(seqs: Tensor, joined: Tensor) -> Tensor:
+    """Block merging on ``(P, L)`` sequences that each contain a decrease (``joined``: ``(P, L-1)``, the
+    descents, True where positions ``i`` and ``i + 1`` share a block).
 
     Round one (every value its own block, levels = values) merges exactly the descents, so the loop
-    starts from them. Sequences with no violation left are final and leave the working set.
+    starts from them. A block is named by the position of its first element: that slot of a copy of
+    the values holds one of the block's own values, so the block maximum and minimum are one
+    ``scatter_reduce`` each with no fill. Sequences with no violation left are final and leave the
+    working set.
     """
     n_seq, length = seqs.shape
     out = torch.empty_like(seqs)
     rows = torch.arange(n_seq, device=seqs.device)
-    values, joined = seqs, descents.clone()
-    high = torch.empty(n_seq * length, dtype=seqs.dtype, device=seqs.device)
-    low = torch.empty_like(high)
-    block = torch.zeros(n_seq, length, dtype=torch.long, device=seqs.device)
-    offsets = torch.arange(n_seq, device=seqs.device).unsqueeze(1) * length
+    positions = torch.arange(1, length, device=seqs.device)
+    values = seqs
     # at most L - 1 merges are possible per sequence, and every round merges at least one edge
     for _ in range(length):
-        n_work = values.shape[0]
-        ids = block[:n_work]
-        torch.cumsum(~joined, dim=1, out=ids[:, 1:])
-        flat_ids = (ids + offsets[:n_work]).reshape(-1)
-        flat_values = values.reshape(-1)
-        # block slots that no position uses keep stale values: they are never read
-        block_high = high[: n_work * length].scatter_reduce_(0, flat_ids, flat_values, "amax", include_self=False)
-        block_low = low[: n_work * length].scatter_reduce_(0, flat_ids, flat_values, "amin", include_self=False)
-        level = block_high.add(block_low).mul_(0.5)[flat_ids].reshape(n_work, length)
+        block = torch.zeros(values.shape, dtype=torch.long, device=values.device)
+        block[:, 1:] = torch.where(joined, 0, positions)
+        block = torch.cummax(block, dim=1).values
+        high = values.clone().scatter_reduce_(1, block, values, "amax")
+        low = values.clone().scatter_reduce_(1, block, values, "amin")
+        level = high.add_(low).mul_(0.5).gather(1, block)
         violation = level[:, 1:] < level[:, :-1]
         unfinished = violation.any(dim=1)
         if not bool(unfinished.any()):
             out[rows] = level
-            break
-        finished = ~unfinished
-        out[rows[finished]] = level[finished]
-        rows, values = rows[unfinished], values[unfinished]
-        joined = joined[unfinished] | violation[unfinished]
-    return out
+            return out
+        done = (~unfinished).nonzero().squeeze(1)
+        keep = unfinished.nonzero().squeeze(1)
+        out[rows[done]] = level[done]
+        rows, values = rows[keep], values[keep]
+        joined = joined[keep] | violation[keep]
+    raise AssertionError("monotone projection did not converge")  # unreachable: see the bound above
 
 
 def trapezoid_weights(n_points: int, dtype=torch.float64, device=None) -> Tensor:
-    """Weights ``w`` with ``sum_k w[k] f(t_k)`` the trapezoid rule for ``int_0^1 f(t) dt``: ``(T,)``."""
+    """Weights ``w`` with ``sum_k w[k] f(t_k)`` the trapezoid rule for ``int_0^1 f(t) dt`` over the
+    ``n_points`` evenly spaced ``t_k``: ``(n_points,)``, summing to one."""
     w = torch.full((n_points,), 1.0 / (n_points - 1), dtype=dtype, device=device)
     w[0] = w[-1] = 0.5 / (n_points - 1)
     return w
 
 
-def _weighted_mean(masks: Tensor, weights: Optional[Tensor]) -> Tensor:
+def weighted_mean(masks: Tensor, weights: Optional[Tensor]) -> Tensor:
+    """Mean over the last (feature) dim; ``weights`` ``None`` (plain mean), ``(G,)`` or broadcastable to
+    ``masks`` (e.g. ``(M, G)`` against time-major ``(T, M, G)``), summing to one over ``G``."""
     if weights is None:
         return masks.mean(dim=-1)
     if weights.dim() == 1:
         return torch.matmul(masks, weights)
-    return torch.matmul(masks, weights.unsqueeze(-1)).squeeze(-1)
+    return (masks * weights).sum(dim=-1)
+
+
+def _time_major(masks: Tensor, weights: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+    """``(..., T, G)`` masks as an owned contiguous ``(T, M, G)`` copy, and the weights for it."""
+    n_points, n_groups = masks.shape[-2:]
+    lead = masks.shape[:-2]
+    path = masks.movedim(-2, 0).clone(memory_format=torch.contiguous_format).reshape(n_points, -1, n_groups)
+    if weights is not None and weights.dim() > 1:
+        weights = weights.expand(lead + (n_groups,)).reshape(-1, n_groups)
+    return path, weights
+
+
+def _from_time_major(path: Tensor, like: Tensor) -> Tensor:
+    n_points, n_groups = like.shape[-2:]
+    return path.reshape((n_points,) + like.shape[:-2] + (n_groups,)).movedim(0, -2)
 
 
 def constant_speed(masks: Tensor, weights: Optional[Tensor] = None) -> Tensor:
@@ -141,48 +180,69 @@ def constant_speed(masks: Tensor, weights: Optional[Tensor] = None) -> Tensor:
     Returns:
         tensor of ``masks``' shape.
     """
-    n_points, n_groups = masks.shape[-2:]
-    lead = masks.shape[:-2]
-    mean = _weighted_mean(masks, weights).reshape(-1, n_points)
-    mean = torch.cummax(mean, dim=-1).values  # rounding could break monotonicity of the mean
-    times = torch.linspace(0, 1, n_points, dtype=masks.dtype, device=masks.device)
-    # segment j such that mean[j] <= t < mean[j + 1] (the last point uses the last segment)
-    seg = torch.searchsorted(mean, times.expand(mean.shape[0], n_points).contiguous(), right=True) - 1
-    seg = seg.clamp_(0, n_points - 2)
+    path, flat_weights = _time_major(masks, weights)
+    return _from_time_major(constant_speed_time_major(path, flat_weights), masks)
+
+
+def constant_speed_time_major(path: Tensor, weights: Optional[Tensor] = None) -> Tensor:
+    """:func:`constant_speed` of a time-major ``(T, M, G)`` path (``weights``: ``None``, ``(G,)`` or
+    ``(M, G)``); returns a new contiguous ``(T, M, G)`` tensor."""
+    n_points, n_paths, n_groups = path.shape
+    out = torch.empty((n_points, n_paths, n_groups), dtype=path.dtype, device=path.device)
+    out[0] = 0
+    out[-1] = 1
+    if n_points <= 2:
+        return out
+    mean = weighted_mean(path, weights)  # (T, M)
+    # rounding could break the monotonicity of the mean
+    mean = torch.cummax(mean, dim=0).values.t().contiguous()
+    inner = torch.linspace(0, 1, n_points, dtype=path.dtype, device=path.device)[1:-1]
+    inner = inner.expand(n_paths, n_points - 2).contiguous()
+    # segment j such that mean[j] <= t < mean[j + 1] (clamped to the first and last segment)
+    seg = (torch.searchsorted(mean, inner, right=True) - 1).clamp_(0, n_points - 2)
     m_lo = torch.gather(mean, 1, seg)
     span = torch.gather(mean, 1, seg + 1) - m_lo
-    flat_span = torch.where(span > 0, span, torch.ones_like(span))
-    frac = torch.where(span > 0, (times - m_lo) / flat_span, torch.zeros_like(span)).clamp_(0, 1)
-    # whole rows (masks) are interpolated: pick them by flat row index
-    rows = (seg + torch.arange(mean.shape[0], device=masks.device).unsqueeze(1) * n_points).reshape(-1)
-    flat = masks.reshape(-1, n_groups)
-    lo = flat.index_select(0, rows)
-    out = torch.lerp(lo, flat.index_select(0, rows + 1), frac.reshape(-1, 1).to(masks.dtype))
-    out = out.reshape(lead + (n_points, n_groups))
-    out[..., 0, :] = 0
-    out[..., -1, :] = 1
+    moving = span > 0
+    frac = torch.where(moving, (inner - m_lo) / torch.where(moving, span, torch.ones_like(span)), 0).clamp_(0, 1)
+    # whole masks are interpolated: pick them as rows of the (T * M, G) view, point-major like `out`
+    rows = (seg.t() * n_paths + torch.arange(n_paths, device=path.device)).reshape(-1)
+    flat = path.reshape(n_points * n_paths, n_groups)
+    torch.lerp(
+        flat.index_select(0, rows),
+        flat.index_select(0, rows + n_paths),
+        frac.t().reshape(-1, 1),
+        out=out[1:-1].view(-1, n_groups),
+    )
     return out
 
 
 def repair_path(masks: Tensor, weights: Optional[Tensor] = None) -> Tensor:
     """Restore every path constraint: monotone projection over ``T``, clamp to [0, 1], end points
     0 and 1, constant speed. ``masks``: ``(..., T, G)``; returns the same shape."""
-    out = monotone_projection(masks, dim=-2).clamp_(0, 1)
-    out[..., 0, :] = 0
-    out[..., -1, :] = 1
-    return constant_speed(out, weights)
+    path, flat_weights = _time_major(masks, weights)
+    return _from_time_major(repair_path_time_major_(path, flat_weights), masks)
 
 
-def saturate(masks: Tensor, zeta: float = 0.8) -> Tensor:
+def repair_path_time_major_(path: Tensor, weights: Optional[Tensor] = None) -> Tensor:
+    """:func:`repair_path` of a contiguous time-major ``(T, M, G)`` path, which it overwrites (with the
+    projected, clamped path); returns the new constant-speed path."""
+    project_columns_(path.view(path.shape[0], -1))
+    path.clamp_(0, 1)
+    path[0] = 0
+    path[-1] = 1
+    return constant_speed_time_major(path, weights)
+
+
+def saturate(masks: Tensor, zeta: float = 0.8, inplace: bool = False) -> Tensor:
     """The saturation map ``(tanh((2 phi - 1) zeta) / tanh(zeta) + 1) / 2``.
 
     It maps [0, 1] onto itself with fixed points 0, 1/2 and 1; 0 and 1 attract (values move away
     from 1/2), so repeated application drives masks towards binary ones. Larger ``zeta`` saturates
-    faster; ``zeta -> 0`` tends to the identity.
+    faster; ``zeta -> 0`` tends to the identity. ``inplace=True`` overwrites ``masks``.
     """
     if not (isinstance(zeta, (int, float)) and not isinstance(zeta, bool) and math.isfinite(zeta) and zeta > 0):
         raise ValueError(f"`zeta` must be a positive finite number, got {zeta!r}")
-    out = masks * (2 * zeta)
+    out = masks.mul_(2 * zeta) if inplace else masks * (2 * zeta)
     return out.sub_(zeta).tanh_().mul_(0.5 / math.tanh(zeta)).add_(0.5)
 
 
@@ -228,10 +288,15 @@ def gaussian_filter_2d(masks: Tensor, sigma: float) -> Tensor:
 
 def path_saturation(masks: Tensor, weights: Optional[Tensor] = None) -> Tensor:
     """Mean of ``|2 phi - 1|`` over the interior path points and the features: ``(...)`` from
-    ``(..., T, G)``.
+    ``(..., T, G)`` (``weights``: ``None``, ``(G,)`` or ``(..., G)``).
 
     1 when every mask is binary (each path point ablates a set of features completely), 0.5 for the
     straight-line path ``phi(t) = t`` with many points, 0 when every value is 1/2.
     """
-    interior = masks[..., 1:-1, :]
-    return _weighted_mean((2 * interior - 1).abs(), weights).mean(dim=-1)
+    return path_saturation_time_major(masks.movedim(-2, 0), weights)
+
+
+def path_saturation_time_major(path: Tensor, weights: Optional[Tensor] = None) -> Tensor:
+    """:func:`path_saturation` of a time-major ``(T, ..., G)`` path: ``(...)``; ``weights`` ``None``,
+    ``(G,)`` or broadcastable to ``path[0]``."""
+    return weighted_mean((2 * path[1:-1] - 1).abs_(), weights).mean(dim=0)
