@@ -10,12 +10,17 @@ from scipy.ndimage import gaussian_filter
 
 from captum_paths.attr._utils.monotone import (
     constant_speed,
+    constant_speed_time_major,
     gaussian_filter_2d,
     monotone_projection,
     path_saturation,
+    path_saturation_time_major,
+    project_columns_,
     repair_path,
+    repair_path_time_major_,
     saturate,
     trapezoid_weights,
+    weighted_mean,
 )
 
 
@@ -236,3 +241,60 @@ def test_trapezoid_weights_and_saturation_measure():
     for k in range(5):
         binary[0, k, :k] = 1
     assert float(path_saturation(binary)) == 1.0
+
+
+# --- the time-major forms the optimiser uses -----------------------------------------------------
+
+
+def test_time_major_forms_equal_the_public_functions():
+    gen = torch.Generator().manual_seed(4)
+    raw = torch.randn(3, 9, 11, generator=gen, dtype=torch.float64) * 0.6 + 0.5  # (N, T, G)
+    weights = torch.rand(3, 11, generator=gen, dtype=torch.float64)
+    weights = weights / weights.sum(-1, keepdim=True)
+    time_major = raw.transpose(0, 1).contiguous()  # (T, N, G)
+
+    columns = time_major.clone()
+    assert project_columns_(columns.view(9, -1)) is not None
+    assert torch.equal(columns, monotone_projection(raw, dim=1).transpose(0, 1))
+
+    for w in (None, weights):
+        repaired = repair_path(raw, w)
+        overwritten = time_major.clone()
+        assert torch.equal(repair_path_time_major_(overwritten, w).transpose(0, 1), repaired)
+        assert not torch.equal(overwritten, time_major)  # the argument was used as scratch space
+        monotone = monotone_projection(raw, dim=1).clamp(0, 1)
+        monotone[:, 0], monotone[:, -1] = 0, 1
+        assert torch.equal(constant_speed_time_major(monotone.transpose(0, 1).contiguous(), w).transpose(0, 1),
+                           constant_speed(monotone, w))
+        assert torch.allclose(path_saturation_time_major(repaired.transpose(0, 1), w), path_saturation(repaired, w),
+                              atol=1e-15)
+    # one weight vector for every path
+    shared = weights[0]
+    assert torch.allclose(constant_speed(repair_path(raw, shared), shared),
+                          constant_speed(repair_path(raw, shared), shared.expand(3, 11)), atol=1e-15)
+
+
+def test_monotone_projection_leaves_its_input_alone_and_keeps_layout():
+    y = torch.tensor([[3.0, 1.0, 2.0], [0.0, 1.0, 0.5]], dtype=torch.float64)
+    before = y.clone()
+    out = monotone_projection(y, dim=1)
+    assert torch.equal(y, before)
+    assert out.tolist() == [[2.0, 2.0, 2.0], [0.0, 0.75, 0.75]]
+    assert out.shape == y.shape and out.dtype == y.dtype
+
+
+def test_weighted_mean_forms():
+    gen = torch.Generator().manual_seed(5)
+    masks = torch.rand(4, 2, 6, generator=gen, dtype=torch.float64)
+    assert torch.allclose(weighted_mean(masks, None), masks.mean(-1))
+    uniform = torch.full((6,), 1 / 6, dtype=torch.float64)
+    assert torch.allclose(weighted_mean(masks, uniform), masks.mean(-1), atol=1e-15)
+    per_path = torch.rand(2, 6, generator=gen, dtype=torch.float64)
+    assert torch.allclose(weighted_mean(masks, per_path), torch.einsum("tmg,mg->tm", masks, per_path), atol=1e-15)
+
+
+def test_saturate_in_place():
+    phi = torch.linspace(0, 1, 11, dtype=torch.float64)
+    expected = saturate(phi, 0.8)
+    out = saturate(phi, 0.8, inplace=True)
+    assert out is phi and torch.equal(phi, expected)
