@@ -1,7 +1,8 @@
 """AblationPath on the digits CNN: saturation per iteration, path score against the straight line, and
 wall time against the bare forward+backward passes the optimisation needs.
 
-Run:  .venv/bin/python benchmarks/bench_ablation_path.py [--size 28] [--n 32] [--iterations 30] [--channels 8]
+Run:  .venv/bin/python benchmarks/bench_ablation_path.py [--model small|samp-paper] [--channels 8] [--size 28] [--n 32]
+                                                          [--iterations 30] [--internal-batch-size B]
 
 * "Iterations to saturation": the first iteration after which an example's path saturation (mean of
   |2 phi - 1| over the interior masks; 1 = binary masks, ~0.5 = straight line) reaches each level.
@@ -13,6 +14,7 @@ Run:  .venv/bin/python benchmarks/bench_ablation_path.py [--size 28] [--n 32] [-
   between the two and report the median of ``--repeats`` runs, so machine load affects both alike.
 """
 import argparse
+import os
 import statistics
 import time
 
@@ -22,7 +24,7 @@ from captum._utils.gradient import compute_gradients
 from captum_paths.attr._core.ablation_path import AblationPath
 from captum_paths.attr._utils.progress import chunk_slices
 from captum_paths.benchmark.data import load_digits_images
-from captum_paths.benchmark.models import SmallDigitsCNN, accuracy, train_classifier
+from captum_paths.benchmark.models import SampPaperCNN, SmallDigitsCNN, accuracy, train_classifier
 
 
 def bare_passes(model, x, target, n_points, iterations, internal_batch_size):
@@ -56,6 +58,8 @@ def main():
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--internal-batch-size", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", choices=("small", "samp-paper"), default="small",
+                        help="SmallDigitsCNN (the tests' digits CNN) or the SAMP paper's MNIST CNN (the benchmark's)")
     parser.add_argument("--channels", type=int, default=8, help="SmallDigitsCNN width (default 8)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared machine)")
     args = parser.parse_args()
@@ -63,9 +67,11 @@ def main():
 
     data = load_digits_images(size=args.size, seed=0)
     torch.manual_seed(0)
-    model = train_classifier(SmallDigitsCNN(channels=args.channels), data.x_train, data.y_train, epochs=8, seed=0)
+    architecture = SmallDigitsCNN(channels=args.channels) if args.model == "small" else SampPaperCNN()
+    model = train_classifier(architecture, data.x_train, data.y_train, epochs=8, seed=0)
     test_accuracy = accuracy(model, data.x_test, data.y_test)
-    print(f"digits {args.size}x{args.size}, SmallDigitsCNN(channels={args.channels}) test accuracy {test_accuracy:.3f}")
+    name = f"SmallDigitsCNN(channels={args.channels})" if args.model == "small" else "SampPaperCNN()"
+    print(f"digits {args.size}x{args.size}, {name} test accuracy {test_accuracy:.3f}")
     x = data.x_test[: args.n]
     with torch.no_grad():
         target = model(x).argmax(1)
@@ -103,7 +109,8 @@ def main():
     n_passes = args.n * (args.n_points - 2) * args.iterations
     print(f"\nwall time: AblationPath {t_ours:.3f} s, bare passes {t_bare:.3f} s "
           f"({n_passes} image forward+backward passes + {args.n * args.n_points} forwards), "
-          f"ratio {t_ours / t_bare:.3f} (median of {args.repeats}, {args.threads} thread(s))")
+          f"ratio {t_ours / t_bare:.3f} (median of {args.repeats}, {args.threads} thread(s), "
+          f"load average {os.getloadavg()[0]:.2f})")
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ from captum.attr import NoiseTunnel
 from captum_paths.attr._core.ablation_path import (
     AblationPath,
     AblationPathResult,
+    _filter_blocks,
     first_index,
     max_norm_normalise,
     tangent_projection,
 )
+from captum_paths.attr._utils.monotone import gaussian_filter_2d
 
 FAST = dict(n_points=5, iterations=3)
 
@@ -74,6 +76,21 @@ def test_tangent_projection_keeps_weighted_means_and_max_norm():
     assert torch.equal(max_norm_normalise(p.transpose(0, 1), dim=1), n.transpose(0, 1))
     assert torch.equal(max_norm_normalise(torch.zeros(2, 3)), torch.zeros(2, 3))
     assert torch.equal(max_norm_normalise(torch.tensor([-2.0, 0.0, 4.0])), torch.tensor([-1.0, 0.0, 1.0]))
+
+
+def test_filter_blocks_filters_each_image_on_its_own_grid():
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.rand(3, 2, 4 * 5 + 6 * 6, generator=gen, dtype=torch.float64)  # two images' pixels
+    blocks = [(0, 4, 5), (20, 6, 6)]
+    expected = torch.cat([
+        gaussian_filter_2d(masks[..., :20].reshape(3, 2, 4, 5), 1.3).reshape(3, 2, 20),
+        gaussian_filter_2d(masks[..., 20:].reshape(3, 2, 6, 6), 1.3).reshape(3, 2, 36),
+    ], dim=-1)
+    assert torch.equal(_filter_blocks(masks, blocks, 1.3, out=torch.empty_like(masks)), expected)
+    in_place = masks.clone()
+    assert torch.equal(_filter_blocks(in_place, blocks, 1.3, out=in_place), expected)
+    single = masks[..., :20].contiguous()
+    assert torch.equal(_filter_blocks(single, blocks[:1], 1.3, out=single.clone()), expected[..., :20])
 
 
 def test_first_index():

@@ -223,6 +223,13 @@ def test_gaussian_filter_keeps_constants_range_and_zero_sigma():
     out = gaussian_filter_2d(binary, 1.0)
     assert out.min() >= 0 and out.max() <= 1 + 1e-12
     assert torch.equal(gaussian_filter_2d(binary, 0), binary)
+    # into a given tensor, which may be the input itself
+    expected = gaussian_filter_2d(binary, 1.0)
+    target = torch.empty_like(binary)
+    assert gaussian_filter_2d(binary, 1.0, out=target) is target and torch.equal(target, expected)
+    same = binary.clone()
+    gaussian_filter_2d(same, 1.0, out=same)
+    assert torch.equal(same, expected)
     with pytest.raises(ValueError, match="sigma"):
         gaussian_filter_2d(binary, -1.0)
 

@@ -129,9 +129,9 @@ def tangent_projection(gradient: Tensor, weights: Optional[Tensor]) -> Tensor:
     return gradient - coeff * weights
 
 
-def max_norm_normalise(update: Tensor, dim: int = 0) -> Tensor:
+def max_norm_normalise(update: Tensor, dim: int = 0, inplace: bool = False) -> Tensor:
     """Divide each example's ``update`` by its largest absolute entry (zeros stay zero); ``dim`` is the
-    example dimension, the maximum is over all the others."""
+    example dimension, the maximum is over all the others. ``inplace=True`` overwrites ``update``."""
     dim = dim % update.dim()
     others = tuple(d for d in range(update.dim()) if d != dim)
     if others:
@@ -141,7 +141,7 @@ def max_norm_normalise(update: Tensor, dim: int = 0) -> Tensor:
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     shape = [1] * update.dim()
     shape[dim] = -1
-    return update / scale.reshape(shape)
+    return update.div_(scale.reshape(shape)) if inplace else update / scale.reshape(shape)
 
 
 class AblationPath(GradientAttribution):
@@ -187,8 +187,11 @@ class AblationPath(GradientAttribution):
 
     * The defaults of ``n_points``, ``step_size``, ``momentum`` and ``filter_sigma`` are ours, picked on
       the digits CNN: the paper's values for them were not available to us (it gives 20-40 iterations
-      and zeta = 0.8, which are our defaults). ``filter_sigma`` is in pixels, so large images may want
-      a larger value.
+      and zeta = 0.8, which are our defaults). With them the path score on 28x28 digits levels off
+      between 20 and 30 iterations, in line with the paper's 20-40; ``step_size=0.2, momentum=0.9``
+      gets there in about 10 and about 1% higher. ``filter_sigma`` is in pixels, so large images may
+      want a larger value; 0 (no filter) scores higher still but lets the masks follow single pixels,
+      which the filter is there to prevent.
     * The max-norm normalisation divides each example's update by its largest entry over all path
       points and features, so ``step_size`` is the largest change of any mask value per step (before
       momentum).
@@ -443,14 +446,14 @@ class AblationPath(GradientAttribution):
                 )
 
                 w = mean_weights if mean_weights is None or every else mean_weights[active]
-                step = max_norm_normalise(tangent_projection(gradient, w), dim=1)
+                step = max_norm_normalise(tangent_projection(gradient, w), dim=1, inplace=True)
                 moved = velocity if every else velocity[:, active]
                 moved.mul_(momentum).add_(step)
                 if not every:
                     velocity[:, active] = moved
                 interior = saturate(current[1:-1].add_(moved, alpha=step_size), zeta, inplace=True)
                 if spatial_blocks is not None:
-                    current[1:-1] = _filter_blocks(interior, spatial_blocks, filter_sigma)
+                    _filter_blocks(interior, spatial_blocks, filter_sigma, out=current[1:-1])
                 current = repair_path_time_major_(current, w)
                 if every:
                     path = current
@@ -600,13 +603,17 @@ def _spatial_blocks(inputs: Tuple[Tensor, ...]) -> List[Tuple[int, int, int]]:
     return blocks
 
 
-def _filter_blocks(masks: Tensor, blocks: List[Tuple[int, int, int]], sigma: float) -> Tensor:
-    """Gaussian-filter the per-pixel masks ``(..., G)`` of every input image on its own grid."""
-    parts = []
+def _filter_blocks(masks: Tensor, blocks: List[Tuple[int, int, int]], sigma: float, out: Tensor) -> Tensor:
+    """Gaussian-filter the per-pixel masks ``(..., G)`` of every input image on its own grid into
+    ``out`` (contiguous, ``masks``' shape; it may be ``masks`` itself)."""
     for offset, height, width in blocks:
         grid = masks[..., offset : offset + height * width].reshape(masks.shape[:-1] + (height, width))
-        parts.append(gaussian_filter_2d(grid, sigma).reshape(masks.shape[:-1] + (height * width,)))
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        target = out[..., offset : offset + height * width]
+        if len(blocks) == 1:  # the whole last dim: filter straight into `out`
+            gaussian_filter_2d(grid, sigma, out=target.view(grid.shape))
+        else:
+            target.copy_(gaussian_filter_2d(grid, sigma).reshape(target.shape))
+    return out
 
 
 def _element_masks(masks: Tensor, group_ids: Tensor, inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:

@@ -265,25 +265,27 @@ def _filter_matrix(size: int, sigma: float) -> Tensor:
     return matrix
 
 
-def gaussian_filter_2d(masks: Tensor, sigma: float) -> Tensor:
+def gaussian_filter_2d(masks: Tensor, sigma: float, out: Optional[Tensor] = None) -> Tensor:
     """Gaussian filter over the last two (spatial) dimensions of ``masks`` (``(..., H, W)``).
 
     Separable, truncated at 4 standard deviations, edges extended with the nearest value (the same as
     ``scipy.ndimage.gaussian_filter(mode="nearest")`` over the last two axes). The filter averages, so
     values in [0, 1] stay in [0, 1] and a constant mask is unchanged. ``sigma = 0`` returns a copy.
     Computed as ``A_H @ masks @ A_W^T`` with the (edge-folded) filter matrices: two batched matrix
-    products, fast for the mask sizes of image models.
+    products, fast for the mask sizes of image models. ``out``: optional contiguous tensor of
+    ``masks``' shape to write into (it may be ``masks`` itself).
     """
     if not (isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and math.isfinite(sigma) and sigma >= 0):
         raise ValueError(f"`sigma` must be a non-negative finite number, got {sigma!r}")
     if masks.dim() < 2:
         raise ValueError(f"`masks` must have two spatial dimensions, got shape {tuple(masks.shape)}")
     if sigma == 0:
-        return masks.clone()
+        return masks.clone() if out is None else out.copy_(masks)
     height, width = masks.shape[-2:]
     rows = _filter_matrix(height, float(sigma)).to(dtype=masks.dtype, device=masks.device)
     cols = _filter_matrix(width, float(sigma)).to(dtype=masks.dtype, device=masks.device)
-    return torch.matmul(torch.matmul(rows, masks), cols.t())
+    # the first product is a new tensor, so `out` may alias `masks`
+    return torch.matmul(torch.matmul(rows, masks), cols.t(), out=out)
 
 
 def path_saturation(masks: Tensor, weights: Optional[Tensor] = None) -> Tensor:
