@@ -204,6 +204,13 @@ class AblationPath(GradientAttribution):
     * Early stopping on saturation (``stop_saturation``) is per example (so batched runs equal one at a
       time); it is off by default.
 
+    Cost: ``iterations * (T - 2)`` forward+backward passes per example, plus ``T`` forward passes (the
+    end points and the final path's score curve). Besides the model, each iteration does a fixed
+    amount of mask arithmetic, about 30 elementwise passes over the ``N * T * G`` mask values (the
+    monotone projection is half of it): roughly 15 ms for 32 examples, 16 points and 28x28 masks on
+    one CPU core. That is 5% of the model time on the benchmark's digits CNN, 12-27% on an 8-channel
+    toy CNN whose pass costs 0.2 ms per image.
+
     The method has no completeness property: there is no convergence delta.
     """
 
