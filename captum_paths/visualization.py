@@ -15,7 +15,7 @@ Built on matplotlib and consistent with :mod:`captum.attr.visualization`: every 
 * :func:`plot_path_strip`: the generic strip-plus-curve both are built on;
 * :func:`plot_attribution_grid`: images x methods (the benchmark's figure).
 """
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 

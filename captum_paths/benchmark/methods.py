@@ -6,7 +6,7 @@ runs with (written to ``results.json``) and a ``build(model, context)`` that ret
 importable (not built yet in this checkout) are reported as unavailable instead of being faked.
 """
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn

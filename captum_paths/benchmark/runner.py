@@ -18,7 +18,6 @@ Every method explains the class the model predicts on the input, as RISE and SAM
 target is scored by every metric.
 """
 import json
-import math
 import os
 import time
 import warnings
@@ -34,7 +33,6 @@ from torch import Tensor
 from captum_paths.benchmark.cache import load_or_train
 from captum_paths.benchmark.data import (
     DataNotFoundError,
-    ImageSplit,
     load_cifar10,
     load_digits_images,
     load_image_folder,

@@ -19,9 +19,9 @@ from captum_paths.attr._utils.monotone import (
     repair_path,
     repair_path_time_major_,
     saturate,
-    trapezoid_weights,
     weighted_mean,
 )
+from captum_paths.attr._utils.quadrature import trapezoid_weights
 
 
 def optimal_linf_error(y: torch.Tensor) -> torch.Tensor:

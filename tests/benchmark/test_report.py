@@ -2,7 +2,6 @@
 import json
 import math
 
-import pytest
 import torch
 
 from captum_paths.benchmark.report import check_claims, format_claims, format_table, to_json, write_results

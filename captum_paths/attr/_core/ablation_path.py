@@ -26,9 +26,9 @@ from captum_paths.attr._utils.monotone import (
     path_saturation_time_major,
     repair_path_time_major_,
     saturate,
-    trapezoid_weights,
 )
 from captum_paths.attr._utils.progress import chunk_slices, progress_bar
+from captum_paths.attr._utils.quadrature import trapezoid_weights
 from captum_paths.attr._utils.rows import subset_additional_forward_args, subset_target
 from captum_paths.attr._utils.validation import (
     check_finite_inputs,

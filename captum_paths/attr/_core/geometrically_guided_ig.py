@@ -18,6 +18,7 @@ from captum_paths.attr._utils.captum_compat import (
     log_usage,
 )
 from captum_paths.attr._utils.progress import chunk_slices, progress_bar
+from captum_paths.attr._utils.quadrature import trapezoid_weights as trapezoid_rule
 from captum_paths.attr._utils.rows import subset_additional_forward_args, subset_target
 from captum_paths.attr._utils.validation import (
     check_finite_inputs,
@@ -53,9 +54,7 @@ def trapezoid_weights(n_steps: int, dtype=torch.float64, device=None) -> Tensor:
     ``1 / n`` for the interior points and ``1 / (2 n)`` for the two end points; they sum to one. This is
     the authors' ``mean((g[:-1] + g[1:]) / 2)`` over the point axis written as a weighted sum.
     """
-    weights = torch.full((n_steps + 1,), 1.0 / n_steps, dtype=dtype, device=device)
-    weights[0] = weights[-1] = 0.5 / n_steps
-    return weights
+    return trapezoid_rule(n_steps + 1, dtype=dtype, device=device)
 
 
 def point_runs(rows: slice, n_examples: int) -> List[Tuple[int, slice, slice]]:

@@ -37,7 +37,6 @@ __all__ = [
     "saturate",
     "gaussian_filter_2d",
     "path_saturation",
-    "trapezoid_weights",
     "weighted_mean",
     "project_columns_",
     "constant_speed_time_major",
@@ -126,14 +125,6 @@ def _merge_violating_blocks(seqs: Tensor, joined: Tensor) -> Tensor:
         rows, values = rows[keep], values[keep]
         joined = joined[keep] | violation[keep]
     raise AssertionError("monotone projection did not converge")  # unreachable: see the bound above
-
-
-def trapezoid_weights(n_points: int, dtype=torch.float64, device=None) -> Tensor:
-    """Weights ``w`` with ``sum_k w[k] f(t_k)`` the trapezoid rule for ``int_0^1 f(t) dt`` over the
-    ``n_points`` evenly spaced ``t_k``: ``(n_points,)``, summing to one."""
-    w = torch.full((n_points,), 1.0 / (n_points - 1), dtype=dtype, device=device)
-    w[0] = w[-1] = 0.5 / (n_points - 1)
-    return w
 
 
 def weighted_mean(masks: Tensor, weights: Optional[Tensor]) -> Tensor:
