@@ -616,7 +616,7 @@ def _filter_blocks(masks: Tensor, blocks: List[Tuple[int, int, int]], sigma: flo
     for offset, height, width in blocks:
         grid = masks[..., offset : offset + height * width].reshape(masks.shape[:-1] + (height, width))
         target = out[..., offset : offset + height * width]
-        if len(blocks) == 1:  # the whole last dim: filter straight into `out`
+        if target.is_contiguous():  # one image spans the whole last dim: filter straight into `out`
             gaussian_filter_2d(grid, sigma, out=target.view(grid.shape))
         else:
             target.copy_(gaussian_filter_2d(grid, sigma).reshape(target.shape))
