@@ -11,7 +11,7 @@ else
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install test bench bench-quick tutorials clean
+.PHONY: install test lint bench bench-quick tutorials clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ $(STAMP): setup.cfg pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
 	$(BIN)/python -m captum_paths.benchmark

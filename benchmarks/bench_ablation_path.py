@@ -13,6 +13,7 @@ Run:  .venv/bin/python benchmarks/bench_ablation_path.py [--model small|samp-pap
   batch sizes, plus the no-grad forwards of the end points and the final path). Timings alternate
   between the two and report the median of ``--repeats`` runs, so machine load affects both alike.
 """
+
 import argparse
 import os
 import statistics
@@ -58,8 +59,12 @@ def main():
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--internal-batch-size", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--model", choices=("small", "samp-paper"), default="small",
-                        help="SmallDigitsCNN (the tests' digits CNN) or the SAMP paper's MNIST CNN (the benchmark's)")
+    parser.add_argument(
+        "--model",
+        choices=("small", "samp-paper"),
+        default="small",
+        help="SmallDigitsCNN (the tests' digits CNN) or the SAMP paper's MNIST CNN (the benchmark's)",
+    )
     parser.add_argument("--channels", type=int, default=8, help="SmallDigitsCNN width (default 8)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared machine)")
     args = parser.parse_args()
@@ -81,11 +86,15 @@ def main():
     # --- quality: saturation per iteration, path score vs straight line
     _, result = method.attribute(x, target=target, return_path=True, **kwargs)
     straight = result.path_score_history[:, 0]
-    print(f"\npath score (mean over {args.n} examples): straight line {straight.mean():.4f}, "
-          f"optimised {result.path_score.mean():.4f}; optimised > straight for "
-          f"{int((result.path_score > straight).sum())}/{args.n} examples")
-    print(f"threshold time (target stops being top class), mean over examples where it is lost: "
-          f"{result.threshold_time.nanmean():.3f} ({int((result.threshold_index >= 0).sum())}/{args.n} lose it)")
+    print(
+        f"\npath score (mean over {args.n} examples): straight line {straight.mean():.4f}, "
+        f"optimised {result.path_score.mean():.4f}; optimised > straight for "
+        f"{int((result.path_score > straight).sum())}/{args.n} examples"
+    )
+    print(
+        f"threshold time (target stops being top class), mean over examples where it is lost: "
+        f"{result.threshold_time.nanmean():.3f} ({int((result.threshold_index >= 0).sum())}/{args.n} lose it)"
+    )
     print(f"score-dropped-by-20% time, mean: {result.drop_time.nanmean():.3f}")
     print(f"final saturation: mean {result.saturation.mean():.3f}, min {result.saturation.min():.3f}")
     for level in (0.6, 0.7, 0.8, 0.9):
@@ -93,8 +102,10 @@ def main():
         reached = stopped.saturation >= level
         its = stopped.iterations_run[reached].double()
         summary = f"median {its.median():.0f}, max {its.max():.0f}" if reached.any() else "-"
-        print(f"iterations to reach saturation {level}: {int(reached.sum())}/{args.n} reach it within "
-              f"{args.iterations}; {summary}; path score at stop {stopped.path_score.mean():.4f}")
+        print(
+            f"iterations to reach saturation {level}: {int(reached.sum())}/{args.n} reach it within "
+            f"{args.iterations}; {summary}; path score at stop {stopped.path_score.mean():.4f}"
+        )
 
     # --- speed: AblationPath vs the bare model evaluations, alternating
     ours, bare = [], []
@@ -107,10 +118,12 @@ def main():
         bare.append(time.perf_counter() - start)
     t_ours, t_bare = statistics.median(ours), statistics.median(bare)
     n_passes = args.n * (args.n_points - 2) * args.iterations
-    print(f"\nwall time: AblationPath {t_ours:.3f} s, bare passes {t_bare:.3f} s "
-          f"({n_passes} image forward+backward passes + {args.n * args.n_points} forwards), "
-          f"ratio {t_ours / t_bare:.3f} (median of {args.repeats}, {args.threads} thread(s), "
-          f"load average {os.getloadavg()[0]:.2f})")
+    print(
+        f"\nwall time: AblationPath {t_ours:.3f} s, bare passes {t_bare:.3f} s "
+        f"({n_passes} image forward+backward passes + {args.n * args.n_points} forwards), "
+        f"ratio {t_ours / t_bare:.3f} (median of {args.repeats}, {args.threads} thread(s), "
+        f"load average {os.getloadavg()[0]:.2f})"
+    )
 
 
 if __name__ == "__main__":

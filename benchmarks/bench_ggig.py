@@ -20,6 +20,7 @@
    in ``m``. For contrast the same is measured for a naive implementation that stores every gradient
    and takes the maximum at the end (what the authors' code does), which grows linearly in ``m``.
 """
+
 import argparse
 import json
 import os
@@ -48,9 +49,7 @@ def floor_time(model, chunk_sizes, points, n_iterations, targets):
     images are about 8% slower than digits here), without the ascent updates.
     """
     starts = [sum(chunk_sizes[:i]) for i in range(len(chunk_sizes))]
-    batches = [
-        (points[s : s + size].clone(), targets[s : s + size, None]) for s, size in zip(starts, chunk_sizes)
-    ]
+    batches = [(points[s : s + size].clone(), targets[s : s + size, None]) for s, size in zip(starts, chunk_sizes)]
     started, cpu_started = time.perf_counter(), time.process_time()
     for x, target in batches:
         for _ in range(n_iterations):
@@ -82,8 +81,12 @@ def timing(args, model, x, y):
         def run_ggig():
             started, cpu_started = time.perf_counter(), time.process_time()
             ggig.attribute(
-                x, target=y, n_steps=args.n_steps, n_iterations=args.n_iterations,
-                learning_rate=args.learning_rate, internal_batch_size=ibs,
+                x,
+                target=y,
+                n_steps=args.n_steps,
+                n_iterations=args.n_iterations,
+                learning_rate=args.learning_rate,
+                internal_batch_size=ibs,
             )
             ggig_wall.append(time.perf_counter() - started)
             ggig_cpu.append(time.process_time() - cpu_started)
@@ -151,7 +154,11 @@ def memory_child(args):
         if args.memory_child_mode == "naive":
             return naive_ggig(model, x, y, args.n_steps, m, args.learning_rate)
         return ggig.attribute(
-            x, target=y, n_steps=args.n_steps, n_iterations=m, learning_rate=args.learning_rate,
+            x,
+            target=y,
+            n_steps=args.n_steps,
+            n_iterations=m,
+            learning_rate=args.learning_rate,
             internal_batch_size=args.memory_internal_batch_size,
         )
 
@@ -180,10 +187,22 @@ def memory(args):
             if mode == "naive" and m > max(args.memory_iterations[:3]):
                 continue  # the naive version's growth is clear by then; spare the shared machine
             cmd = [
-                sys.executable, os.path.abspath(__file__), "--memory-child", str(m),
-                "--memory-child-mode", mode, "--n-images", str(args.n_images), "--n-steps", str(args.n_steps),
-                "--size", str(args.size), "--threads", str(args.threads),
-                "--learning-rate", str(args.learning_rate),
+                sys.executable,
+                os.path.abspath(__file__),
+                "--memory-child",
+                str(m),
+                "--memory-child-mode",
+                mode,
+                "--n-images",
+                str(args.n_images),
+                "--n-steps",
+                str(args.n_steps),
+                "--size",
+                str(args.size),
+                "--threads",
+                str(args.threads),
+                "--learning-rate",
+                str(args.learning_rate),
             ]
             if args.memory_internal_batch_size is not None:
                 cmd += ["--memory-internal-batch-size", str(args.memory_internal_batch_size)]

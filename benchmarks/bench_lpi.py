@@ -10,6 +10,7 @@ precomputed points, ``torch.autograd.grad`` of the summed target logits), so the
 of everything else: argument checks, neighbourhood search, drawing, interpolation, accumulation.
 Times are medians over ``--repeats`` interleaved runs after one warm-up each.
 """
+
 import argparse
 import statistics
 import time
@@ -51,7 +52,10 @@ def main(argv=None):
     data = load_digits_images(size=args.size, seed=0)
     torch.manual_seed(0)
     model = train_classifier(SmallDigitsCNN(), data.x_train, data.y_train, epochs=8, seed=0)
-    print(f"digits {args.size}x{args.size}: {len(data.x_train)} train, test accuracy {accuracy(model, data.x_test, data.y_test):.3f}")
+    print(
+        f"digits {args.size}x{args.size}: {len(data.x_train)} train, "
+        f"test accuracy {accuracy(model, data.x_test, data.y_test):.3f}"
+    )
 
     start = time.perf_counter()
     bank = ReferenceBank(n_neighborhoods=args.n_neighborhoods, n_references=args.n_references, random_state=0)

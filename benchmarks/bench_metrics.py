@@ -9,6 +9,7 @@ Every timing is the best of ``--repeats`` runs. Usage:
 
     python benchmarks/bench_metrics.py [--n 100] [--size 28] [--step 10] [--batch 1000 4000 0] [--threads 1]
 """
+
 import argparse
 import time
 
@@ -19,7 +20,6 @@ from captum_paths.attr._utils.baselines import gaussian_blur
 from captum_paths.benchmark.data import load_digits_images
 from captum_paths.benchmark.models import SmallDigitsCNN, accuracy, train_classifier
 from captum_paths.metrics import deletion, insertion
-
 
 CPU_TIMES = {}
 
@@ -78,8 +78,10 @@ def main(argv=None):
     torch.manual_seed(0)
     model = train_classifier(SmallDigitsCNN(), data.x_train, data.y_train, epochs=5, seed=0)
     x, y = data.x_test[: args.n], data.y_test[: args.n]
-    print(f"digits {args.size}x{args.size}, test accuracy {accuracy(model, data.x_test, data.y_test):.3f}, "
-          f"{args.n} images, step {args.step}, torch threads {torch.get_num_threads()}")
+    print(
+        f"digits {args.size}x{args.size}, test accuracy {accuracy(model, data.x_test, data.y_test):.3f}, "
+        f"{args.n} images, step {args.step}, torch threads {torch.get_num_threads()}"
+    )
     attr = Saliency(model).attribute(x, target=y, abs=False).detach()
     n_features = args.size * args.size
     points = (n_features + args.step - 1) // args.step + 1
@@ -114,14 +116,19 @@ def main(argv=None):
             t, _ = best_of(bare, 1, "bare")
             t_bare, cpu_bare = min(t_bare, t), min(cpu_bare, CPU_TIMES["bare"])
         CPU_TIMES["metric"], CPU_TIMES["bare"] = cpu_metric, cpu_bare
-        print(f"max_examples_per_batch={label:>5}: insertion+deletion {t_metric:.3f} s, bare forwards "
-              f"{t_bare:.3f} s, ratio {t_metric / t_bare:.2f}x (wall); CPU {CPU_TIMES['metric']:.3f} s vs "
-              f"{CPU_TIMES['bare']:.3f} s, ratio {CPU_TIMES['metric'] / CPU_TIMES['bare']:.2f}x")
+        print(
+            f"max_examples_per_batch={label:>5}: insertion+deletion {t_metric:.3f} s, bare forwards "
+            f"{t_bare:.3f} s, ratio {t_metric / t_bare:.2f}x (wall); CPU {CPU_TIMES['metric']:.3f} s vs "
+            f"{CPU_TIMES['bare']:.3f} s, ratio {CPU_TIMES['metric'] / CPU_TIMES['bare']:.2f}x"
+        )
 
     if not args.skip_loop:
+
         def batched():
-            return (deletion(model, x, attr, target=y, step=args.step),
-                    insertion(model, x, attr, target=y, step=args.step))
+            return (
+                deletion(model, x, attr, target=y, step=args.step),
+                insertion(model, x, attr, target=y, step=args.step),
+            )
 
         # batched timed before and after the loop: the machine's load may change in between
         t_before, (d, i) = best_of(batched, args.repeats, "before")
@@ -129,10 +136,12 @@ def main(argv=None):
         t_after, _ = best_of(batched, args.repeats, "after")
         same = torch.allclose(loop_aucs, torch.cat([d, i]), atol=1e-4)
         t_metric = min(t_before, t_after)
-        print(f"one-image-at-a-time loop: {t_loop:.3f} s; batched (all rows) {t_before:.3f} s before, "
-              f"{t_after:.3f} s after the loop: {t_loop / t_metric:.1f}x faster (wall); CPU: loop "
-              f"{CPU_TIMES['loop']:.3f} s, batched {min(CPU_TIMES['before'], CPU_TIMES['after']):.3f} s: "
-              f"{CPU_TIMES['loop'] / min(CPU_TIMES['before'], CPU_TIMES['after']):.1f}x; same AUCs: {same}")
+        print(
+            f"one-image-at-a-time loop: {t_loop:.3f} s; batched (all rows) {t_before:.3f} s before, "
+            f"{t_after:.3f} s after the loop: {t_loop / t_metric:.1f}x faster (wall); CPU: loop "
+            f"{CPU_TIMES['loop']:.3f} s, batched {min(CPU_TIMES['before'], CPU_TIMES['after']):.3f} s: "
+            f"{CPU_TIMES['loop'] / min(CPU_TIMES['before'], CPU_TIMES['after']):.1f}x; same AUCs: {same}"
+        )
         print(f"mean deletion AUC {d.mean():.4f}, mean insertion AUC {i.mean():.4f} (Saliency, logit, trapezoid)")
 
 

@@ -9,6 +9,7 @@
    Goal: at least 8x.
 Each timing is the minimum over ``--repeats`` interleaved runs (the machine is shared).
 """
+
 import argparse
 import time
 
@@ -53,15 +54,22 @@ def main():
     parser.add_argument("--n-images", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=28)
-    parser.add_argument("--model", choices=("small", "samp-paper"), default="small",
-                        help="SmallDigitsCNN (8/16 channels) or the SAMP paper's MNIST CNN (benchmark default widths)")
+    parser.add_argument(
+        "--model",
+        choices=("small", "samp-paper"),
+        default="small",
+        help="SmallDigitsCNN (8/16 channels) or the SAMP paper's MNIST CNN (benchmark default widths)",
+    )
     args = parser.parse_args()
 
     torch.manual_seed(0)
     data = load_digits_images(args.size)
     model = SmallDigitsCNN() if args.model == "small" else SampPaperCNN()
     model = train_classifier(model, data.x_train, data.y_train, epochs=8)
-    print(f"model: {type(model).__name__} on {args.size}x{args.size} digits, test accuracy {accuracy(model, data.x_test, data.y_test):.3f}")
+    print(
+        f"model: {type(model).__name__} on {args.size}x{args.size} digits, "
+        f"test accuracy {accuracy(model, data.x_test, data.y_test):.3f}"
+    )
     x, y = data.x_test[: args.n_images], data.y_test[: args.n_images]
     recorder = RecordingModel(model)
     samp = SampAttribution(recorder)
@@ -81,8 +89,10 @@ def main():
 
     grad_calls = sum(1 for _, g in calls if g)
     rows = sum(b for b, g in calls if g)
-    print(f"SAMP++ (defaults, both directions) on {len(x)} images: {grad_calls} forward+backward calls, "
-          f"{rows} rows in all ({rows / len(x):.1f} per image), {len(calls) - grad_calls} forward-only call(s)")
+    print(
+        f"SAMP++ (defaults, both directions) on {len(x)} images: {grad_calls} forward+backward calls, "
+        f"{rows} rows in all ({rows / len(x):.1f} per image), {len(calls) - grad_calls} forward-only call(s)"
+    )
     t_samp, t_floor, t_loop = min(samp_times), min(floor_times), min(loop_times)
     print(f"SAMP++ wall time       : {t_samp:.3f} s")
     print(f"bare passes (floor)    : {t_floor:.3f} s")

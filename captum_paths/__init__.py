@@ -1,4 +1,5 @@
 """captum_paths: path-choice attribution methods and their evaluation protocols, for Captum."""
+
 __version__ = "0.1.0"
 
 from captum_paths.attr import *  # noqa: F401,F403

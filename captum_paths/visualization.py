@@ -15,6 +15,7 @@ Built on matplotlib and consistent with :mod:`captum.attr.visualization`: every 
 * :func:`plot_path_strip`: the generic strip-plus-curve both are built on;
 * :func:`plot_attribution_grid`: images x methods (the benchmark's figure).
 """
+
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -73,8 +74,9 @@ def _imshow(ax, image: Any) -> None:
     ax.set_yticks([])
 
 
-def _attr_panel(ax, fig, attribution: Any, image: Any = None, sign: str = "all", method: str = "heat_map",
-                outlier_perc: float = 2) -> None:
+def _attr_panel(
+    ax, fig, attribution: Any, image: Any = None, sign: str = "all", method: str = "heat_map", outlier_perc: float = 2
+) -> None:
     import warnings
 
     from captum.attr import visualization as viz
@@ -86,8 +88,9 @@ def _attr_panel(ax, fig, attribution: Any, image: Any = None, sign: str = "all",
     try:
         with warnings.catch_warnings():  # near-zero maps make Captum warn about normalising by ~0
             warnings.simplefilter("ignore")
-            viz.visualize_image_attr(attr, img, method=method, sign=sign, plt_fig_axis=(fig, ax),
-                                     outlier_perc=outlier_perc, use_pyplot=False)
+            viz.visualize_image_attr(
+                attr, img, method=method, sign=sign, plt_fig_axis=(fig, ax), outlier_perc=outlier_perc, use_pyplot=False
+            )
     except AssertionError:
         # Captum refuses to normalise a map with nothing to show under ``sign`` (e.g. all zeros,
         # as the attribution accumulated at a path's first point is): draw it as the empty map it is
@@ -226,8 +229,7 @@ def plot_path_strip(
         raise ValueError(f"curve_x {cx.shape} and curve_y {cy.shape} differ")
     rows = 2 + (point_attributions is not None)
     fig_size = fig_size or (max(6.0, 1.5 * t), 1.6 * (rows - 1) + 3.0)
-    fig, axes = _new_figure(fig_size, use_pyplot, rows, t,
-                            gridspec_kw={"height_ratios": [1] * (rows - 1) + [1.6]})
+    fig, axes = _new_figure(fig_size, use_pyplot, rows, t, gridspec_kw={"height_ratios": [1] * (rows - 1) + [1.6]})
     for j in range(t):
         ax = axes[0, j]
         if points_are_masks:
@@ -294,7 +296,9 @@ def visualize_samp_path(
         ``(figure, axes)`` (see :func:`plot_path_strip`).
     """
     if direction not in tuple(path.directions):
-        raise ValueError(f"`direction` must be one of the path's directions {tuple(path.directions)}, got {direction!r}")
+        raise ValueError(
+            f"`direction` must be one of the path's directions {tuple(path.directions)}, got {direction!r}"
+        )
     n = path.scores.shape[0]
     if not isinstance(example, int) or not -n <= example < n:
         raise ValueError(f"`example` must be an int index into the {n} examples, got {example!r}")
@@ -307,13 +311,21 @@ def visualize_samp_path(
     if _to_numpy(points).ndim != 4:
         raise ValueError("visualize_samp_path draws image inputs (N, C, H, W)")
     # a snapshot is the first point whose covered fraction reached the requested one
-    positions = [fractions[min(np.searchsorted(fractions, f - 1e-9), length - 1)]
-                 for f in _to_numpy(path.snapshot_fractions)]
+    positions = [
+        fractions[min(np.searchsorted(fractions, f - 1e-9), length - 1)] for f in _to_numpy(path.snapshot_fractions)
+    ]
     start, end = ("blurred input", "input") if direction == "insertion" else ("input", "baseline")
     return plot_path_strip(
-        points, positions, fractions, scores, point_attributions=attrs,
-        curve_label="target score", xlabel=f"fraction of the L1 distance covered ({start} -> {end})",
-        title=title or f"SAMP {direction} path, example {example}", fig_size=fig_size, use_pyplot=use_pyplot,
+        points,
+        positions,
+        fractions,
+        scores,
+        point_attributions=attrs,
+        curve_label="target score",
+        xlabel=f"fraction of the L1 distance covered ({start} -> {end})",
+        title=title or f"SAMP {direction} path, example {example}",
+        fig_size=fig_size,
+        use_pyplot=use_pyplot,
     )
 
 
@@ -385,9 +397,17 @@ def visualize_ablation_path(
         kind = "score"
     pick = np.unique(np.round(np.linspace(0, t - 1, min(n_masks, t))).astype(int))
     return plot_path_strip(
-        masks[example, pick], times[pick], times, scores[example], markers=markers,
-        points_are_masks=True, curve_label=f"target {kind}", xlabel="t (share of the image ablated)",
-        title=title or f"Ablation path, example {example}", fig_size=fig_size, use_pyplot=use_pyplot,
+        masks[example, pick],
+        times[pick],
+        times,
+        scores[example],
+        markers=markers,
+        points_are_masks=True,
+        curve_label=f"target {kind}",
+        xlabel="t (share of the image ablated)",
+        title=title or f"Ablation path, example {example}",
+        fig_size=fig_size,
+        use_pyplot=use_pyplot,
     )
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: real digits and a small CNN trained on them in about a second."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """Path visualisations: SAMP (Figure 3), ablation path (Figure 1), curves on one axis, the grid."""
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -37,8 +38,7 @@ def images():
 
 def test_samp_path_figure_shows_snapshots_attributions_and_the_score_curve(images):
     model = TinyCNN().eval()
-    _, path = SampAttribution(model).attribute(images, target=1, step_size=8, return_path=True,
-                                               insertion_start="zeros")
+    _, path = SampAttribution(model).attribute(images, target=1, step_size=8, return_path=True, insertion_start="zeros")
     fig, axes = visualize_samp_path(path, example=1, direction="insertion", use_pyplot=False)
     n_snap = len(path.snapshot_fractions)
     assert isinstance(fig, Figure) and axes.shape == (3, n_snap)
@@ -70,7 +70,7 @@ def test_ablation_path_figure_marks_where_the_class_is_lost(images):
     curve_ax = axes[-1, 0]
     np.testing.assert_allclose(curve_ax.get_lines()[0].get_ydata(), result.scores[0].numpy(), rtol=1e-6)
     t_lost = float(result.threshold_time[0])
-    vlines = [l for l in curve_ax.get_lines() if "class lost" in (l.get_label() or "")]
+    vlines = [line for line in curve_ax.get_lines() if "class lost" in (line.get_label() or "")]
     if np.isfinite(t_lost):
         assert len(vlines) == 1 and vlines[0].get_xdata()[0] == pytest.approx(t_lost)
     else:
@@ -83,13 +83,14 @@ def test_path_strip_threshold_and_markers():
     points = np.random.default_rng(0).random((3, 5, 5))
     x = np.linspace(0, 1, 11)
     y = 1 - x
-    fig, axes = plot_path_strip(points, [0, 0.5, 1], x, y, threshold=0.35, markers={"lost": 0.6},
-                                points_are_masks=True, use_pyplot=False)
+    fig, axes = plot_path_strip(
+        points, [0, 0.5, 1], x, y, threshold=0.35, markers={"lost": 0.6}, points_are_masks=True, use_pyplot=False
+    )
     ax = axes[-1, 0]
-    labels = [l.get_label() for l in ax.get_lines()]
+    labels = [line.get_label() for line in ax.get_lines()]
     assert "threshold" in labels and any(lab.startswith("lost") for lab in labels)
-    first_below = [l for l in ax.get_lines() if l.get_label().startswith("_")]  # unlabelled crossing line
-    assert any(np.allclose(l.get_xdata(), 0.7) for l in first_below)
+    first_below = [line for line in ax.get_lines() if line.get_label().startswith("_")]  # unlabelled crossing line
+    assert any(np.allclose(line.get_xdata(), 0.7) for line in first_below)
     with pytest.raises(ValueError, match="must be non-empty and match"):
         plot_path_strip(points, [0, 1], x, y, points_are_masks=True, use_pyplot=False)
 
@@ -102,7 +103,7 @@ def test_curves_of_several_methods_on_one_axis():
         {"A": (auc, per_example, fr), "B": (fr, torch.linspace(1, 0.5, 5))}, title="deletion", use_pyplot=False
     )
     lines = ax.get_lines()
-    assert [l.get_label() for l in lines] == [f"A (AUC {float(auc.mean()):.3f})", "B"]
+    assert [line.get_label() for line in lines] == [f"A (AUC {float(auc.mean()):.3f})", "B"]
     np.testing.assert_allclose(lines[0].get_ydata(), per_example.mean(0).numpy(), rtol=1e-6)
     assert len(ax.collections) == 1  # a std band for the per-example curves only
     with pytest.raises(ValueError, match="empty"):
@@ -129,5 +130,6 @@ def test_grid_can_shift_nonnegative_maps_without_touching_signed_ones(images):
     new_off = np.asarray(shifted[0, 1].get_images()[0].get_array())
     assert new_off[1, 1] == pytest.approx(0) and new_off[0, 0] > 0.9 * np.max(new_off)
     assert raw_off[1, 1] > 0.5 * np.max(raw_off)  # unshifted, the constant offset fills the scale
-    np.testing.assert_allclose(np.asarray(raw[0, 2].get_images()[0].get_array()),
-                               np.asarray(shifted[0, 2].get_images()[0].get_array()))
+    np.testing.assert_allclose(
+        np.asarray(raw[0, 2].get_images()[0].get_array()), np.asarray(shifted[0, 2].get_images()[0].get_array())
+    )

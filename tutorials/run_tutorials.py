@@ -3,6 +3,7 @@
 Usage: python tutorials/run_tutorials.py [NOTEBOOK ...] [--timeout SECONDS] [--write]
 With --write the executed notebooks (outputs included) are saved back in place.
 """
+
 import argparse
 import pathlib
 import sys
@@ -26,7 +27,9 @@ def main(argv=None) -> int:
         nb = nbformat.read(path, as_version=4)
         started = time.perf_counter()
         try:
-            NotebookClient(nb, timeout=int(args.timeout), kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
+            NotebookClient(
+                nb, timeout=int(args.timeout), kernel_name="python3", resources={"metadata": {"path": str(HERE)}}
+            ).execute()
         except Exception as exc:  # report every notebook, then fail
             failures.append(f"{path.name}: {type(exc).__name__}: {str(exc)[-2000:]}")
             print(f"FAIL {path.name}")

@@ -1,4 +1,5 @@
 """Path-choice attribution methods, drop-in beside ``captum.attr.IntegratedGradients``."""
+
 from captum_paths.attr._utils.baselines import (  # noqa: F401
     Baseline,
     Constant,
@@ -26,8 +27,8 @@ __all__ += ["SampAttribution", "SampPath"]
 from captum_paths.attr._core.geometrically_guided_ig import GeometricallyGuidedIG  # noqa: E402
 
 __all__ += ["GeometricallyGuidedIG"]
-from captum_paths.attr._core.reference_bank import ReferenceBank  # noqa: E402
 from captum_paths.attr._core.local_path_integration import LocalPathIntegration  # noqa: E402
+from captum_paths.attr._core.reference_bank import ReferenceBank  # noqa: E402
 
 __all__ += ["LocalPathIntegration", "ReferenceBank"]
 from captum_paths.attr._core.ablation_path import AblationPath, AblationPathResult  # noqa: E402

@@ -14,6 +14,7 @@ Other data (nothing is downloaded unless ``--download`` is given):
 
 Bad arguments print one line and exit with code 2.
 """
+
 import argparse
 import sys
 from typing import List, Optional
@@ -39,31 +40,57 @@ def _methods(text: str) -> List[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     details = "\n\n".join(__doc__.split("\n\n")[1:]).replace("``", "")
-    p = _Parser(prog=PROG,
-                description="Compare every attribution method on real data under the seed papers' protocols.",
-                formatter_class=argparse.RawDescriptionHelpFormatter,
-                epilog=details + "\n\nMethods: " + ", ".join(METHOD_NAMES) + ". Datasets: " + ", ".join(DATASETS) + ".")
-    p.add_argument("--dataset", default="digits", help="digits (default, ships with scikit-learn), mnist, cifar10, imagenet")
-    p.add_argument("--methods", type=_methods, default=None,
-                   help="comma-separated subset of the methods (default: every available one)")
+    p = _Parser(
+        prog=PROG,
+        description="Compare every attribution method on real data under the seed papers' protocols.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=details + "\n\nMethods: " + ", ".join(METHOD_NAMES) + ". Datasets: " + ", ".join(DATASETS) + ".",
+    )
+    p.add_argument(
+        "--dataset", default="digits", help="digits (default, ships with scikit-learn), mnist, cifar10, imagenet"
+    )
+    p.add_argument(
+        "--methods",
+        type=_methods,
+        default=None,
+        help="comma-separated subset of the methods (default: every available one)",
+    )
     p.add_argument("--n-images", type=int, default=None, help="test images evaluated (default 100; 6 with --quick)")
-    p.add_argument("--n-localization", type=int, default=None,
-                   help="synthetic images for the pointing game (default 50; 6 with --quick; 0 skips it)")
+    p.add_argument(
+        "--n-localization",
+        type=int,
+        default=None,
+        help="synthetic images for the pointing game (default 50; 6 with --quick; 0 skips it)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the image draw and every random method")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     p.add_argument("--out", default="benchmark-results", help="output folder (created)")
     p.add_argument("--data-root", default=None, help="data folder for mnist / cifar10 / imagenet")
     p.add_argument("--weights", default=None, help="ResNet-50 weights file for --dataset imagenet")
     p.add_argument("--download", action="store_true", help="let torchvision download MNIST / CIFAR-10 into --data-root")
-    p.add_argument("--cache-dir", default=None,
-                   help="trained-model cache (default $CAPTUM_PATHS_CACHE or ~/.cache/captum_paths)")
+    p.add_argument(
+        "--cache-dir", default=None, help="trained-model cache (default $CAPTUM_PATHS_CACHE or ~/.cache/captum_paths)"
+    )
     p.add_argument("--no-cache", action="store_true", help="train the models afresh and do not store them")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs of both cached models, main and localisation (part of the cache key)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: on a shared 2-core machine, small batches with 2 threads "
-                        "ran 10-20x slower from oversubscription; 0 keeps torch's default)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="training epochs of both cached models, main and localisation (part of the cache key)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared 2-core machine, small batches with 2 threads "
+        "ran 10-20x slower from oversubscription; 0 keeps torch's default)",
+    )
     p.add_argument("--batch-size", type=int, default=25, help="images explained together (bounds memory)")
-    p.add_argument("--quick", action="store_true", help="a smoke run (CI): 6 images, half the training epochs, reduced LPI/GGIG/EG/AblationPath budgets")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run (CI): 6 images, half the training epochs, reduced LPI/GGIG/EG/AblationPath budgets",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     return p
@@ -72,10 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = BenchmarkConfig(
-        dataset=args.dataset, methods=args.methods, n_images=args.n_images, n_localization=args.n_localization,
-        seed=args.seed, device=args.device, out=args.out, data_root=args.data_root, weights=args.weights,
-        download=args.download, cache_dir=args.cache_dir, use_cache=not args.no_cache, batch_size=args.batch_size,
-        epochs=args.epochs, threads=args.threads, quick=args.quick, show_progress=not args.no_progress, figures=not args.no_figures,
+        dataset=args.dataset,
+        methods=args.methods,
+        n_images=args.n_images,
+        n_localization=args.n_localization,
+        seed=args.seed,
+        device=args.device,
+        out=args.out,
+        data_root=args.data_root,
+        weights=args.weights,
+        download=args.download,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        threads=args.threads,
+        quick=args.quick,
+        show_progress=not args.no_progress,
+        figures=not args.no_figures,
     )
     from captum_paths.benchmark.report import check_claims, format_claims, format_table, write_results
 
@@ -90,8 +131,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(format_table(results))
     print()
     print(format_claims(results["claims"]))
-    print(f"\ntotal {results['total_seconds']:.0f} s wall, {results['total_cpu_seconds']:.0f} s CPU; wrote "
-          + ", ".join(str(p) for p in paths.values()))
+    print(
+        f"\ntotal {results['total_seconds']:.0f} s wall, {results['total_cpu_seconds']:.0f} s CPU; wrote "
+        + ", ".join(str(p) for p in paths.values())
+    )
     return 0
 
 

@@ -8,6 +8,7 @@ therefore a fresh training run; the old file is left alone. The entry records th
 Location: ``$CAPTUM_PATHS_CACHE`` if set, else ``$XDG_CACHE_HOME/captum_paths``, else
 ``~/.cache/captum_paths``; the benchmark's ``--cache-dir`` flag overrides both.
 """
+
 import hashlib
 import json
 import os
@@ -45,7 +46,9 @@ def _architecture(model: nn.Module) -> Dict[str, Any]:
 def cache_key(model: nn.Module, train_config: Dict[str, Any], tensors: Sequence[Tensor]) -> str:
     """SHA-256 hex digest of the architecture, the training configuration and the data's bytes."""
     h = hashlib.sha256()
-    h.update(json.dumps({"format": _FORMAT_VERSION, "arch": _architecture(model)}, sort_keys=True, default=str).encode())
+    h.update(
+        json.dumps({"format": _FORMAT_VERSION, "arch": _architecture(model)}, sort_keys=True, default=str).encode()
+    )
     h.update(json.dumps(train_config, sort_keys=True, default=str).encode())
     for t in tensors:
         t = t.detach().cpu().contiguous()
@@ -103,8 +106,13 @@ def load_or_train(
             if entry.get("key") == key:
                 model.load_state_dict(entry["state_dict"])
                 return CachedModel(
-                    model.eval(), key, path, float(entry["test_accuracy"]), False,
-                    float(entry.get("train_seconds", 0.0)), dict(entry.get("train_config", {})),
+                    model.eval(),
+                    key,
+                    path,
+                    float(entry["test_accuracy"]),
+                    False,
+                    float(entry.get("train_seconds", 0.0)),
+                    dict(entry.get("train_config", {})),
                 )
         except Exception:  # a truncated or foreign file: retrain and overwrite it
             pass

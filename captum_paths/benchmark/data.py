@@ -1,4 +1,5 @@
 """Data that ships with our dependencies: scikit-learn's handwritten digits, as images."""
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,9 +47,7 @@ def load_digits_images(size: int = 28, test_fraction: float = 0.25, seed: int = 
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
     labels = torch.as_tensor(digits.target, dtype=torch.long)
     idx = np.arange(len(labels))
-    train_idx, test_idx = train_test_split(
-        idx, test_size=test_fraction, random_state=seed, stratify=digits.target
-    )
+    train_idx, test_idx = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=digits.target)
     train_idx, test_idx = torch.as_tensor(train_idx), torch.as_tensor(test_idx)
     return DigitsSplit(images[train_idx], labels[train_idx], images[test_idx], labels[test_idx])
 
@@ -247,7 +246,9 @@ def make_localization_set(
         raise ValueError(f"`size` must be an int >= 12, got {size!r}")
     cells = size // 6
     if not isinstance(n_distractors, int) or not 0 <= n_distractors < cells * cells:
-        raise ValueError(f"`n_distractors` must be an int in [0, {cells * cells - 1}] for size {size}, got {n_distractors!r}")
+        raise ValueError(
+            f"`n_distractors` must be an int in [0, {cells * cells - 1}] for size {size}, got {n_distractors!r}"
+        )
     rng = np.random.default_rng(seed)
     x_tr, y_tr, r_tr = _draw_localization_images(n_train, size, n_distractors, noise, rng)
     x_te, y_te, r_te = _draw_localization_images(n_test, size, n_distractors, noise, rng)

@@ -5,6 +5,7 @@ runs with (written to ``results.json``) and a ``build(model, context)`` that ret
 ``explain(inputs, target) -> attributions`` (inputs' shape). Methods of this package that are not
 importable (not built yet in this checkout) are reported as unavailable instead of being faked.
 """
+
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -100,8 +101,14 @@ def _samp_builder(eta: Optional[float], momentum: Optional[float]):
 
         def explain(x: Tensor, target: Tensor) -> Tensor:
             return samp.attribute(
-                x, target=target, step_size=ctx.samp_step, eta=eta, momentum=momentum,
-                direction="both", insertion_start=blur, internal_batch_size=ctx.internal_batch_size,
+                x,
+                target=target,
+                step_size=ctx.samp_step,
+                eta=eta,
+                momentum=momentum,
+                direction="both",
+                insertion_start=blur,
+                internal_batch_size=ctx.internal_batch_size,
             )
 
         return explain
@@ -135,8 +142,13 @@ def _ggig_build(n_steps: int, n_iterations: int, learning_rate: float):
 
         def explain(x: Tensor, target: Tensor) -> Tensor:
             return ggig.attribute(
-                x, baselines=0.0, target=target, n_steps=n_steps, n_iterations=n_iterations,
-                learning_rate=learning_rate, internal_batch_size=ctx.internal_batch_size,
+                x,
+                baselines=0.0,
+                target=target,
+                n_steps=n_steps,
+                n_iterations=n_iterations,
+                learning_rate=learning_rate,
+                internal_batch_size=ctx.internal_batch_size,
             )
 
         return explain
@@ -166,8 +178,9 @@ def _ig_build(n_steps: int):
         ig = IntegratedGradients(model)
 
         def explain(x: Tensor, target: Tensor) -> Tensor:
-            return ig.attribute(x, baselines=0.0, target=target, n_steps=n_steps,
-                                internal_batch_size=ctx.internal_batch_size)
+            return ig.attribute(
+                x, baselines=0.0, target=target, n_steps=n_steps, internal_batch_size=ctx.internal_batch_size
+            )
 
         return explain
 
@@ -176,12 +189,11 @@ def _ig_build(n_steps: int):
 
 def _eg_build(n_samples: int):
     def build(model: nn.Module, ctx: MethodContext) -> Explain:
-        from captum.attr import GradientShap
-
         # Expected gradients (Erion et al.): GradientShap with training images as the baseline
         # distribution, no input noise, alpha ~ U(0, 1). Captum draws the baselines with torch's and
         # the alphas with numpy's global RNG: both are seeded here so that a run is reproducible.
         import numpy as np
+        from captum.attr import GradientShap
 
         gs = GradientShap(model)
         torch.manual_seed(ctx.seed)
@@ -222,34 +234,74 @@ def method_specs(image_size: int, quick: bool = False) -> Dict[str, MethodSpec]:
     20 x 20 on 28x28-32x32 images, and to 4 x 4 under ``--quick``.
     """
     large = image_size >= 128
-    ggig = {"n_steps": 50, "n_iterations": 100, "learning_rate": 1e-4} if large else {
-        "n_steps": 20, "n_iterations": 20, "learning_rate": 1e-4}
+    ggig = (
+        {"n_steps": 50, "n_iterations": 100, "learning_rate": 1e-4}
+        if large
+        else {"n_steps": 20, "n_iterations": 20, "learning_rate": 1e-4}
+    )
     if quick:
         ggig.update(n_steps=4, n_iterations=4)
     lpi = {"n_neighborhoods": 11, "n_references": 20, "n_samples": 20}
     if quick:
         lpi.update(n_neighborhoods=3, n_references=5, n_samples=5)
-    ablation: Dict[str, Any] = {"n_points": 16, "iterations": 30, "step_size": 0.1, "momentum": 0.5, "zeta": 0.8,
-                                "score": "softmax"}
+    ablation: Dict[str, Any] = {
+        "n_points": 16,
+        "iterations": 30,
+        "step_size": 0.1,
+        "momentum": 0.5,
+        "zeta": 0.8,
+        "score": "softmax",
+    }
     if quick:
         ablation.update(iterations=5)
     samp_step = 224 * 16 if large else 10
     specs = [
-        MethodSpec("samp", "SAMP", {"step_size": samp_step, "eta": None, "momentum": None, "direction": "both",
-                                     "deletion_end": "zeros", "insertion_start": "blur"},
-                   _samp_builder(None, None), ("SampAttribution",)),
-        MethodSpec("samp++", "SAMP++", {"step_size": samp_step, "eta": 0.1, "momentum": 0.5, "direction": "both",
-                                         "deletion_end": "zeros", "insertion_start": "blur"},
-                   _samp_builder(0.1, 0.5), ("SampAttribution",)),
-        MethodSpec("lpi", "LPI", dict(lpi, bank_fitted_on="training split"), _lpi_build(**lpi),
-                   ("LocalPathIntegration", "ReferenceBank")),
+        MethodSpec(
+            "samp",
+            "SAMP",
+            {
+                "step_size": samp_step,
+                "eta": None,
+                "momentum": None,
+                "direction": "both",
+                "deletion_end": "zeros",
+                "insertion_start": "blur",
+            },
+            _samp_builder(None, None),
+            ("SampAttribution",),
+        ),
+        MethodSpec(
+            "samp++",
+            "SAMP++",
+            {
+                "step_size": samp_step,
+                "eta": 0.1,
+                "momentum": 0.5,
+                "direction": "both",
+                "deletion_end": "zeros",
+                "insertion_start": "blur",
+            },
+            _samp_builder(0.1, 0.5),
+            ("SampAttribution",),
+        ),
+        MethodSpec(
+            "lpi",
+            "LPI",
+            dict(lpi, bank_fitted_on="training split"),
+            _lpi_build(**lpi),
+            ("LocalPathIntegration", "ReferenceBank"),
+        ),
         MethodSpec("ggig", "GGIG", dict(ggig, baseline="zeros"), _ggig_build(**ggig), ("GeometricallyGuidedIG",)),
-        MethodSpec("ablation", "AblationPath", dict(ablation, baseline="blur"), _ablation_build(ablation),
-                   ("AblationPath",)),
+        MethodSpec(
+            "ablation", "AblationPath", dict(ablation, baseline="blur"), _ablation_build(ablation), ("AblationPath",)
+        ),
         MethodSpec("ig", "IG", {"n_steps": 50, "method": "gausslegendre", "baseline": "zeros"}, _ig_build(50)),
-        MethodSpec("eg", "ExpectedGradients", {"n_samples": 20 if not quick else 5, "stdevs": 0.0,
-                                                "baselines": "training images"},
-                   _eg_build(20 if not quick else 5)),
+        MethodSpec(
+            "eg",
+            "ExpectedGradients",
+            {"n_samples": 20 if not quick else 5, "stdevs": 0.0, "baselines": "training images"},
+            _eg_build(20 if not quick else 5),
+        ),
         MethodSpec("saliency", "Saliency", {"abs": True}, _saliency_build),
         MethodSpec("ixg", "InputXGradient", {}, _ixg_build),
         MethodSpec("random", "Random", {"distribution": "U(0,1)"}, _random_build),

@@ -1,4 +1,5 @@
 """Small models trained in seconds on the shipped data."""
+
 from typing import Optional
 
 import torch
@@ -129,7 +130,9 @@ class SampPaperCNN(nn.Module):
         super().__init__()
         if widths is None:
             if in_channels not in SAMP_REFERENCE_WIDTHS:
-                raise ValueError(f"`widths` is required for in_channels={in_channels} (reference widths exist for 1 and 3)")
+                raise ValueError(
+                    f"`widths` is required for in_channels={in_channels} (reference widths exist for 1 and 3)"
+                )
             if isinstance(width_divisor, bool) or not isinstance(width_divisor, int) or width_divisor < 1:
                 raise ValueError(f"`width_divisor` must be a positive int, got {width_divisor!r}")
             ref = SAMP_REFERENCE_WIDTHS[in_channels]

@@ -1,5 +1,6 @@
 """Writes the benchmark's results: a Table-1-style table (stdout and ``results.md``), ``results.json``
 with every knob, the seed papers' headline claims checked on this run, and two figures."""
+
 import json
 import math
 from pathlib import Path
@@ -18,7 +19,11 @@ COLUMNS: Tuple[Tuple[str, str, str, int], ...] = (
     ("diffid", "DiffID ↑", "higher", 3),
     ("pointing_game", "Pointing ↑", "higher", 2),
 )
-_COST = (("seconds_per_image", "s / img", 3), ("forward_per_image", "fwd / img", 0), ("backward_per_image", "bwd / img", 0))
+_COST = (
+    ("seconds_per_image", "s / img", 3),
+    ("forward_per_image", "fwd / img", 0),
+    ("backward_per_image", "bwd / img", 0),
+)
 
 
 def _fmt(mean: float, std: float, decimals: int) -> str:
@@ -33,8 +38,11 @@ def format_table(results: Dict[str, Any]) -> str:
     cols = [c for c in COLUMNS if any(c[0] in m["summary"] for m in methods.values())]
     best = {}
     for key, _, direction, _ in cols:
-        vals = {n: m["summary"][key]["mean"] for n, m in methods.items()
-                if key in m["summary"] and n != "random" and not math.isnan(m["summary"][key]["mean"])}
+        vals = {
+            n: m["summary"][key]["mean"]
+            for n, m in methods.items()
+            if key in m["summary"] and n != "random" and not math.isnan(m["summary"][key]["mean"])
+        }
         if vals:
             best[key] = (min if direction == "lower" else max)(vals, key=vals.get)
     header = ["Method"] + [c[1] for c in cols] + [c[1] for c in _COST]
@@ -71,10 +79,16 @@ def _paired(results, a: str, b: str, key: str, direction: str) -> Optional[Dict[
         except ValueError:
             pass
     return {
-        "a": a, "b": b, "metric": key, "better": direction,
-        "mean_a": float(va.mean()), "mean_b": float(vb.mean()),
+        "a": a,
+        "b": b,
+        "metric": key,
+        "better": direction,
+        "mean_a": float(va.mean()),
+        "mean_b": float(vb.mean()),
         "a_better_on_mean": bool(diff.mean() > 0),
-        "images_a_better": int((diff > 0).sum()), "images_b_better": int((diff < 0).sum()), "n": int(len(diff)),
+        "images_a_better": int((diff > 0).sum()),
+        "images_b_better": int((diff < 0).sum()),
+        "n": int(len(diff)),
         "wilcoxon_p": p,
     }
 
@@ -110,7 +124,8 @@ def format_claims(claims: Sequence[Dict[str, Any]]) -> str:
         verdict = "reproduced" if c["reproduced"] else "NOT reproduced"
         lines.append(
             f"- {c['claim']}: **{verdict}** (means {c['mean_a']:.3f} vs {c['mean_b']:.3f}; {c['a']} better on "
-            f"{c['images_a_better']}/{c['n']} images, worse on {c['images_b_better']}; Wilcoxon p = {c['wilcoxon_p']:.2g})"
+            f"{c['images_a_better']}/{c['n']} images, worse on {c['images_b_better']}; "
+            f"Wilcoxon p = {c['wilcoxon_p']:.2g})"
         )
     return "\n".join(lines)
 
@@ -138,7 +153,11 @@ def markdown_report(results: Dict[str, Any]) -> str:
         f"{cfg['n_images']} test images, seed {cfg['seed']}. Model: {model['architecture']}, test accuracy "
         f"{model['test_accuracy']:.4f} on {model['accuracy_on']}.",
         f"Pointing game: {cfg['n_localization']} synthetic localisation images"
-        + (f", model test accuracy {model['localization_model']['test_accuracy']:.4f}." if "localization_model" in model else "."),
+        + (
+            f", model test accuracy {model['localization_model']['test_accuracy']:.4f}."
+            if "localization_model" in model
+            else "."
+        ),
         "",
         format_table(results),
         "",
@@ -187,17 +206,20 @@ def write_results(results: Dict[str, Any], out: str, figures: bool = True) -> Di
         fig, _ = plot_attribution_grid(
             results["_images"][:n_show],
             {labels[n]: a[:n_show] for n, a in results["_attributions"].items()},
-            titles=[f"pred {int(t)}" for t in results["_targets"][:n_show]], shift_nonnegative=True,
+            titles=[f"pred {int(t)}" for t in results["_targets"][:n_show]],
+            shift_nonnegative=True,
         )
         paths["attributions"] = directory / "attributions.png"
         fig.savefig(paths["attributions"], dpi=80, bbox_inches="tight")
         plt.close(fig)
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for ax, kind, title in zip(axes, ("samp_deletion", "samp_insertion"),
-                                   ("Deletion (SAMP protocol, lower is better)", "Insertion (SAMP protocol, higher is better)")):
+        for ax, kind, title in zip(
+            axes,
+            ("samp_deletion", "samp_insertion"),
+            ("Deletion (SAMP protocol, lower is better)", "Insertion (SAMP protocol, higher is better)"),
+        ):
             curves = {labels[n]: (c[kind]["fractions"], c[kind]["mean"]) for n, c in results["curves"].items()}
-            plot_insertion_deletion_curves(curves, plt_fig_axis=(fig, ax), title=title,
-                                           ylabel="logit / input logit")
+            plot_insertion_deletion_curves(curves, plt_fig_axis=(fig, ax), title=title, ylabel="logit / input logit")
         paths["curves"] = directory / "curves.png"
         fig.savefig(paths["curves"], dpi=80, bbox_inches="tight")
         plt.close(fig)

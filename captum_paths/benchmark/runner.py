@@ -17,6 +17,7 @@ Protocols (every knob is also written to ``results.json``):
 Every method explains the class the model predicts on the input, as RISE and SAMP do; the same
 target is scored by every metric.
 """
+
 import json
 import os
 import time
@@ -129,14 +130,18 @@ def validate_config(cfg: BenchmarkConfig) -> List[str]:
             raise BenchmarkError(f"data folder not found: {cfg.data_root} (pass --download to fetch {cfg.dataset})")
     if cfg.dataset == "imagenet":
         if cfg.data_root is None or not Path(cfg.data_root).expanduser().is_dir():
-            raise BenchmarkError(f"--dataset imagenet needs --data-root, an existing image folder; got {cfg.data_root!r}")
+            raise BenchmarkError(
+                f"--dataset imagenet needs --data-root, an existing image folder; got {cfg.data_root!r}"
+            )
         if cfg.weights is None or not Path(cfg.weights).expanduser().is_file():
             raise BenchmarkError(f"--dataset imagenet needs --weights, a ResNet-50 weights file; got {cfg.weights!r}")
     specs = method_specs(28, cfg.quick)
     names = list(cfg.methods) if cfg.methods is not None else list(METHOD_NAMES)
     unknown = [n for n in names if n not in specs]
     if unknown:
-        raise BenchmarkError(f"unknown method(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(METHOD_NAMES)}")
+        raise BenchmarkError(
+            f"unknown method(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(METHOD_NAMES)}"
+        )
     if not names:
         raise BenchmarkError("--methods is empty")
     if len(set(names)) != len(names):
@@ -162,8 +167,7 @@ def train_config_for(dataset: str, epochs: Optional[int] = None, quick: bool = F
     ``quick`` halves the default epochs (a smoke run; its models are cached separately and are a
     little less accurate, which results.json records). An explicit ``epochs`` wins.
     """
-    base = {"optimizer": "adam", "lr": 2e-3, "lr_schedule": "cosine", "batch_size": 64, "weight_decay": 0.0,
-            "seed": 0}
+    base = {"optimizer": "adam", "lr": 2e-3, "lr_schedule": "cosine", "batch_size": 64, "weight_decay": 0.0, "seed": 0}
     default_epochs = {"digits": 6, "localization": 8, "mnist": 2, "cifar10": 10}[dataset]
     if dataset == "localization":
         base.update(lr=3e-3, n_train=LOCALIZATION_N_TRAIN)
@@ -172,13 +176,23 @@ def train_config_for(dataset: str, epochs: Optional[int] = None, quick: bool = F
     return dict(base, epochs=epochs if epochs is not None else default_epochs)
 
 
-def _train(model: nn.Module, x: Tensor, y: Tensor, cfg: Dict[str, Any], device: torch.device,
-           show_progress: bool = False) -> nn.Module:
+def _train(
+    model: nn.Module, x: Tensor, y: Tensor, cfg: Dict[str, Any], device: torch.device, show_progress: bool = False
+) -> nn.Module:
     torch.manual_seed(cfg["seed"])
     model.to(device)
-    return train_classifier(model, x.to(device), y.to(device), epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                            lr=cfg["lr"], seed=cfg["seed"], weight_decay=cfg["weight_decay"],
-                            lr_schedule=cfg["lr_schedule"], show_progress=show_progress)
+    return train_classifier(
+        model,
+        x.to(device),
+        y.to(device),
+        epochs=cfg["epochs"],
+        batch_size=cfg["batch_size"],
+        lr=cfg["lr"],
+        seed=cfg["seed"],
+        weight_decay=cfg["weight_decay"],
+        lr_schedule=cfg["lr_schedule"],
+        show_progress=show_progress,
+    )
 
 
 def _cached_cnn(name: str, split, in_channels: int, n_classes: int, train_cfg, cfg: BenchmarkConfig, device):
@@ -207,16 +221,22 @@ def _load_main(cfg: BenchmarkConfig, device: torch.device, n_images: int):
         split = load_digits_images(size=28, seed=cfg.seed)
         tc = train_config_for("digits", cfg.epochs, cfg.quick)
         entry = _cached_cnn("digits28-samp_cnn", split, 1, 10, tc, cfg, device)
-        info = {"name": "digits", "source": "sklearn.datasets.load_digits, bilinear 8x8 -> 28x28, [0, 1]",
-                "split": f"stratified 75/25, seed {cfg.seed}"}
+        info = {
+            "name": "digits",
+            "source": "sklearn.datasets.load_digits, bilinear 8x8 -> 28x28, [0, 1]",
+            "split": f"stratified 75/25, seed {cfg.seed}",
+        }
     elif cfg.dataset in ("mnist", "cifar10"):
         loader = load_mnist if cfg.dataset == "mnist" else load_cifar10
         split = loader(cfg.data_root, download=cfg.download)
         tc = train_config_for(cfg.dataset, cfg.epochs, cfg.quick)
         channels = split.x_train.shape[1]
         entry = _cached_cnn(f"{cfg.dataset}-samp_cnn", split, channels, 10, tc, cfg, device)
-        info = {"name": cfg.dataset, "source": f"torchvision {cfg.dataset} under {cfg.data_root}",
-                "split": "official train/test"}
+        info = {
+            "name": cfg.dataset,
+            "source": f"torchvision {cfg.dataset} under {cfg.data_root}",
+            "split": "official train/test",
+        }
     else:
         split = load_image_folder(cfg.data_root, n_test=n_images, n_reference=64, seed=cfg.seed)
         model = imagenet_resnet50(cfg.weights).to(device)
@@ -224,8 +244,12 @@ def _load_main(cfg: BenchmarkConfig, device: torch.device, n_images: int):
             p.requires_grad_(False)
         acc = accuracy(model, split.x_test.to(device), split.y_test.to(device), batch_size=16)
         info = {"name": "imagenet", "source": f"image folder {cfg.data_root}", "split": "seeded draw"}
-        model_info = {"architecture": "torchvision resnet50", "weights": str(cfg.weights),
-                      "test_accuracy": acc, "accuracy_on": "the evaluated images"}
+        model_info = {
+            "architecture": "torchvision resnet50",
+            "weights": str(cfg.weights),
+            "test_accuracy": acc,
+            "accuracy_on": "the evaluated images",
+        }
         return split, model, info, model_info
     model_info = {
         "architecture": "SampPaperCNN " + json.dumps(entry.model.config),
@@ -252,48 +276,117 @@ def protocols_for(image_size: int, n_features: int) -> Dict[str, Any]:
     blur = (31, 5.0) if large else (11, 5.0)
     return {
         "target": "class predicted by the model on the input",
-        "samp": {"paper": "Zhang et al. 2024 (SAMP), Table 1", "score": "logit", "auc": "mean", "normalize": True,
-                 "step": 224 * 8 if large else 10, "deletion_substrate": "zeros",
-                 "insertion_substrate": f"GaussianBlur(klen={blur[0]}, sigma={blur[1]})"},
-        "rise": {"paper": "Petsiuk et al. 2018 (RISE)", "score": "softmax", "auc": "trapezoid", "normalize": False,
-                 "step": image_size, "deletion_substrate": "zeros",
-                 "insertion_substrate": "GaussianBlur(klen=11, sigma=5.0)"},
-        "diffid": {"paper": "Yang et al. 2023 (LPI)", "ratios": [round(0.1 * i, 1) for i in range(1, 10)],
-                   "fill": "mean of the preserved pixels", "absolute": True, "score": "logit ratio to the input",
-                   "reported": "area (trapezoid over ratios) of insertion - deletion"},
-        "pointing_game": {"paper": "Zhang et al. 2016", "data": "synthetic localisation set, 28x28",
-                          "tolerance": 1, "hit": "argmax of the channel-summed attribution within tolerance px of the box"},
+        "samp": {
+            "paper": "Zhang et al. 2024 (SAMP), Table 1",
+            "score": "logit",
+            "auc": "mean",
+            "normalize": True,
+            "step": 224 * 8 if large else 10,
+            "deletion_substrate": "zeros",
+            "insertion_substrate": f"GaussianBlur(klen={blur[0]}, sigma={blur[1]})",
+        },
+        "rise": {
+            "paper": "Petsiuk et al. 2018 (RISE)",
+            "score": "softmax",
+            "auc": "trapezoid",
+            "normalize": False,
+            "step": image_size,
+            "deletion_substrate": "zeros",
+            "insertion_substrate": "GaussianBlur(klen=11, sigma=5.0)",
+        },
+        "diffid": {
+            "paper": "Yang et al. 2023 (LPI)",
+            "ratios": [round(0.1 * i, 1) for i in range(1, 10)],
+            "fill": "mean of the preserved pixels",
+            "absolute": True,
+            "score": "logit ratio to the input",
+            "reported": "area (trapezoid over ratios) of insertion - deletion",
+        },
+        "pointing_game": {
+            "paper": "Zhang et al. 2016",
+            "data": "synthetic localisation set, 28x28",
+            "tolerance": 1,
+            "hit": "argmax of the channel-summed attribution within tolerance px of the box",
+        },
         "blur": blur,
         "n_features": n_features,
     }
 
 
 def _metrics_for(model, x, attr, target, protocols, batch_size):
-    from captum_paths.metrics import deletion, diffid, insertion
-
     from captum_paths import GaussianBlur
+    from captum_paths.metrics import deletion, diffid, insertion
 
     samp_p, rise_p = protocols["samp"], protocols["rise"]
     blur = GaussianBlur(*protocols["blur"])
     rise_blur = GaussianBlur(11, 5.0)
     out = {}
     kw = dict(target=target, max_examples_per_batch=batch_size * 8)
-    sd, sdc, fr_sd = deletion(model, x, attr, step=samp_p["step"], substrate="zeros", score="logit", auc="mean",
-                              normalize=True, return_curves=True, **kw)
-    si, sic, fr_si = insertion(model, x, attr, step=samp_p["step"], substrate=blur, score="logit", auc="mean",
-                               normalize=True, return_curves=True, **kw)
-    rd, rdc, fr_rd = deletion(model, x, attr, step=rise_p["step"], substrate="zeros", score="softmax",
-                              auc="trapezoid", normalize=False, return_curves=True, **kw)
-    ri, ric, fr_ri = insertion(model, x, attr, step=rise_p["step"], substrate=rise_blur, score="softmax",
-                               auc="trapezoid", normalize=False, return_curves=True, **kw)
-    d = diffid(model, x, attr, target=target, ratios=protocols["diffid"]["ratios"], fill="mean",
-               max_examples_per_batch=batch_size * 8)
+    sd, sdc, fr_sd = deletion(
+        model,
+        x,
+        attr,
+        step=samp_p["step"],
+        substrate="zeros",
+        score="logit",
+        auc="mean",
+        normalize=True,
+        return_curves=True,
+        **kw,
+    )
+    si, sic, fr_si = insertion(
+        model,
+        x,
+        attr,
+        step=samp_p["step"],
+        substrate=blur,
+        score="logit",
+        auc="mean",
+        normalize=True,
+        return_curves=True,
+        **kw,
+    )
+    rd, rdc, fr_rd = deletion(
+        model,
+        x,
+        attr,
+        step=rise_p["step"],
+        substrate="zeros",
+        score="softmax",
+        auc="trapezoid",
+        normalize=False,
+        return_curves=True,
+        **kw,
+    )
+    ri, ric, fr_ri = insertion(
+        model,
+        x,
+        attr,
+        step=rise_p["step"],
+        substrate=rise_blur,
+        score="softmax",
+        auc="trapezoid",
+        normalize=False,
+        return_curves=True,
+        **kw,
+    )
+    d = diffid(
+        model,
+        x,
+        attr,
+        target=target,
+        ratios=protocols["diffid"]["ratios"],
+        fill="mean",
+        max_examples_per_batch=batch_size * 8,
+    )
     out["samp_deletion"], out["samp_insertion"] = sd, si
     out["rise_deletion"], out["rise_insertion"] = rd, ri
     out["diffid"] = d.area
     curves = {
-        "samp_deletion": (fr_sd, sdc), "samp_insertion": (fr_si, sic),
-        "rise_deletion": (fr_rd, rdc), "rise_insertion": (fr_ri, ric),
+        "samp_deletion": (fr_sd, sdc),
+        "samp_insertion": (fr_si, sic),
+        "rise_deletion": (fr_rd, rdc),
+        "rise_insertion": (fr_ri, ric),
     }
     return out, curves
 
@@ -322,8 +415,11 @@ def _explain_all(explain, counter: PassCounter, x: Tensor, target: Tensor, batch
 
 def _summary(values) -> Dict[str, float]:
     arr = np.asarray(values, dtype=np.float64)
-    return {"mean": float(arr.mean()) if arr.size else float("nan"),
-            "std": float(arr.std()) if arr.size else float("nan"), "n": int(arr.size)}
+    return {
+        "mean": float(arr.mean()) if arr.size else float("nan"),
+        "std": float(arr.std()) if arr.size else float("nan"),
+        "n": int(arr.size),
+    }
 
 
 # ------------------------------------------------------------------------------------------- run
@@ -361,8 +457,10 @@ def _run(cfg: BenchmarkConfig, methods: List[str]) -> Dict[str, Any]:
         split, model, data_info, model_info = _load_main(cfg, device, n_images)
     except DataNotFoundError as exc:
         raise BenchmarkError(str(exc)) from None
-    print(f"model: {model_info['architecture']}; test accuracy {model_info['test_accuracy']:.4f} "
-          f"({'trained now' if model_info.get('trained_now') else 'loaded'})")
+    print(
+        f"model: {model_info['architecture']}; test accuracy {model_info['test_accuracy']:.4f} "
+        f"({'trained now' if model_info.get('trained_now') else 'loaded'})"
+    )
     idx = _pick(len(split.x_test), n_images, cfg.seed)
     x = split.x_test[idx].to(device)
     with torch.no_grad():
@@ -372,8 +470,14 @@ def _run(cfg: BenchmarkConfig, methods: List[str]) -> Dict[str, Any]:
     specs = method_specs(image_size, cfg.quick)
     protocols = protocols_for(image_size, x.shape[-1] * x.shape[-2])
     x_reference = split.x_train.to(device)
-    ctx = MethodContext(x_reference=x_reference, seed=cfg.seed, samp_step=specs["samp"].params["step_size"],
-                        blur=protocols["blur"], show_progress=False, quick=cfg.quick)
+    ctx = MethodContext(
+        x_reference=x_reference,
+        seed=cfg.seed,
+        samp_step=specs["samp"].params["step_size"],
+        blur=protocols["blur"],
+        show_progress=False,
+        quick=cfg.quick,
+    )
 
     loc = None
     if n_loc > 0:
@@ -384,12 +488,21 @@ def _run(cfg: BenchmarkConfig, methods: List[str]) -> Dict[str, Any]:
         loc_x = loc_set.x_test[loc_idx].to(device)
         with torch.no_grad():
             loc_target = loc_entry.model(loc_x).argmax(1)
-        loc = {"x": loc_x, "target": loc_target, "regions": loc_set.regions_test[loc_idx].to(device),
-               "model": loc_entry.model, "ctx": MethodContext(x_reference=loc_set.x_train.to(device), seed=cfg.seed,
-                                                              samp_step=10, blur=(11, 5.0), quick=cfg.quick)}
-        model_info["localization_model"] = {"architecture": "SampPaperCNN " + json.dumps(loc_entry.model.config),
-                                            "train_config": ltc, "test_accuracy": loc_entry.test_accuracy,
-                                            "trained_now": loc_entry.trained}
+        loc = {
+            "x": loc_x,
+            "target": loc_target,
+            "regions": loc_set.regions_test[loc_idx].to(device),
+            "model": loc_entry.model,
+            "ctx": MethodContext(
+                x_reference=loc_set.x_train.to(device), seed=cfg.seed, samp_step=10, blur=(11, 5.0), quick=cfg.quick
+            ),
+        }
+        model_info["localization_model"] = {
+            "architecture": "SampPaperCNN " + json.dumps(loc_entry.model.config),
+            "train_config": ltc,
+            "test_accuracy": loc_entry.test_accuracy,
+            "trained_now": loc_entry.trained,
+        }
         print(f"localisation model: test accuracy {loc_entry.test_accuracy:.4f}")
 
     results: Dict[str, Any] = {"methods": {}, "curves": {}}
@@ -400,11 +513,13 @@ def _run(cfg: BenchmarkConfig, methods: List[str]) -> Dict[str, Any]:
         t_setup = time.perf_counter()
         explain = spec.build(counter, ctx)
         setup_seconds = time.perf_counter() - t_setup
-        with tqdm(total=len(x), desc=f"{spec.label:>17}", unit="img", disable=not cfg.show_progress, leave=False) as bar:
+        with tqdm(
+            total=len(x), desc=f"{spec.label:>17}", unit="img", disable=not cfg.show_progress, leave=False
+        ) as bar:
             attr, seconds, fwd, bwd = _explain_all(explain, counter, x, target, cfg.batch_size, bar)
         finite = bool(torch.isfinite(attr).all())
         if not finite:
-            warnings.warn(f"{name}: non-finite attributions (replaced by 0 for the metrics)")
+            warnings.warn(f"{name}: non-finite attributions (replaced by 0 for the metrics)", stacklevel=2)
             attr = torch.nan_to_num(attr, nan=0.0, posinf=0.0, neginf=0.0)
         t_metrics = time.perf_counter()
         with tqdm(total=1, desc=f"{'metrics':>17}", disable=not cfg.show_progress, leave=False) as bar:
@@ -425,29 +540,41 @@ def _run(cfg: BenchmarkConfig, methods: List[str]) -> Dict[str, Any]:
         if loc is not None:
             loc_counter = PassCounter(loc["model"])
             loc_explain = spec.build(loc_counter, loc["ctx"])
-            with tqdm(total=len(loc["x"]), desc=f"{spec.label + ' (loc)':>17}", unit="img",
-                      disable=not cfg.show_progress, leave=False) as bar:
+            with tqdm(
+                total=len(loc["x"]),
+                desc=f"{spec.label + ' (loc)':>17}",
+                unit="img",
+                disable=not cfg.show_progress,
+                leave=False,
+            ) as bar:
                 loc_attr, _, _, _ = _explain_all(loc_explain, loc_counter, loc["x"], loc["target"], cfg.batch_size, bar)
             loc_attr = torch.nan_to_num(loc_attr, nan=0.0, posinf=0.0, neginf=0.0)
             hits = _pointing(loc_attr, loc["regions"], protocols["pointing_game"]["tolerance"])
             entry["per_image"]["pointing_game"] = hits.detach().cpu().double().tolist()
         entry["summary"] = {k: _summary(v) for k, v in entry["per_image"].items()}
         results["methods"][name] = entry
-        results["curves"][name] = {k: {"fractions": f.detach().cpu().double().tolist(),
-                                       "mean": c.detach().cpu().double().mean(0).tolist(),
-                                       "std": c.detach().cpu().double().std(0, unbiased=False).tolist()}
-                                   for k, (f, c) in curves.items()}
+        results["curves"][name] = {
+            k: {
+                "fractions": f.detach().cpu().double().tolist(),
+                "mean": c.detach().cpu().double().mean(0).tolist(),
+                "std": c.detach().cpu().double().std(0, unbiased=False).tolist(),
+            }
+            for k, (f, c) in curves.items()
+        }
         attributions[name] = attr.detach().cpu()
         s = entry["summary"]
-        print(f"{spec.label:>17}: SAMP del {s['samp_deletion']['mean']:.3f} ins {s['samp_insertion']['mean']:.3f} | "
-              f"RISE del {s['rise_deletion']['mean']:.3f} ins {s['rise_insertion']['mean']:.3f} | "
-              f"DiffID {s['diffid']['mean']:.3f}"
-              + (f" | pointing {s['pointing_game']['mean']:.2f}" if "pointing_game" in s else "")
-              + f" | {entry['seconds_per_image']:.3f} s/img")
+        print(
+            f"{spec.label:>17}: SAMP del {s['samp_deletion']['mean']:.3f} ins {s['samp_insertion']['mean']:.3f} | "
+            f"RISE del {s['rise_deletion']['mean']:.3f} ins {s['rise_insertion']['mean']:.3f} | "
+            f"DiffID {s['diffid']['mean']:.3f}"
+            + (f" | pointing {s['pointing_game']['mean']:.2f}" if "pointing_game" in s else "")
+            + f" | {entry['seconds_per_image']:.3f} s/img"
+        )
 
     results["config"] = {k: v for k, v in asdict(cfg).items() if k != "explicit_methods"}
-    results["config"].update(n_images=len(x), n_localization=(len(loc["x"]) if loc is not None else 0),
-                             methods=list(methods))
+    results["config"].update(
+        n_images=len(x), n_localization=(len(loc["x"]) if loc is not None else 0), methods=list(methods)
+    )
     results["data"] = data_info
     results["model"] = model_info
     results["protocols"] = protocols
@@ -468,6 +595,12 @@ def _environment(device) -> Dict[str, Any]:
 
     import captum_paths
 
-    return {"torch": torch.__version__, "captum": captum.__version__, "captum_paths": captum_paths.__version__,
-            "python": platform.python_version(), "device": str(device), "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count()}
+    return {
+        "torch": torch.__version__,
+        "captum": captum.__version__,
+        "captum_paths": captum_paths.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }

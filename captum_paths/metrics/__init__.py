@@ -6,6 +6,7 @@
 * :func:`pointing_game`: Zhang et al.'s pointing game;
 * :func:`model_randomization_check`, :func:`sigma_perturbation_check`: sanity checks of a method.
 """
+
 from captum_paths.metrics._core.causal import deletion, insertion
 from captum_paths.metrics._core.diffid import DiffIDResult, diffid
 from captum_paths.metrics._core.pointing import pointing_game

@@ -1,4 +1,5 @@
 """AblationPath: the optimised path's constraints, its result object, Captum conventions, errors."""
+
 import copy
 
 import pytest
@@ -82,10 +83,13 @@ def test_filter_blocks_filters_each_image_on_its_own_grid():
     gen = torch.Generator().manual_seed(0)
     masks = torch.rand(3, 2, 4 * 5 + 6 * 6, generator=gen, dtype=torch.float64)  # two images' pixels
     blocks = [(0, 4, 5), (20, 6, 6)]
-    expected = torch.cat([
-        gaussian_filter_2d(masks[..., :20].reshape(3, 2, 4, 5), 1.3).reshape(3, 2, 20),
-        gaussian_filter_2d(masks[..., 20:].reshape(3, 2, 6, 6), 1.3).reshape(3, 2, 36),
-    ], dim=-1)
+    expected = torch.cat(
+        [
+            gaussian_filter_2d(masks[..., :20].reshape(3, 2, 4, 5), 1.3).reshape(3, 2, 20),
+            gaussian_filter_2d(masks[..., 20:].reshape(3, 2, 6, 6), 1.3).reshape(3, 2, 36),
+        ],
+        dim=-1,
+    )
     assert torch.equal(_filter_blocks(masks, blocks, 1.3, out=torch.empty_like(masks)), expected)
     in_place = masks.clone()
     assert torch.equal(_filter_blocks(in_place, blocks, 1.3, out=in_place), expected)
@@ -316,8 +320,11 @@ def test_tuple_inputs_and_additional_forward_args(digits, digits_cnn64):
     assert (both.mean(-1) - torch.linspace(0, 1, 5, dtype=torch.float64)).abs().max() < 1e-9
     for n in range(2):
         single, _ = method.attribute(
-            (a[n : n + 1], b[n : n + 1]), target=[0, 5][n], additional_forward_args=(scale[n : n + 1],),
-            return_path=True, **FAST,
+            (a[n : n + 1], b[n : n + 1]),
+            target=[0, 5][n],
+            additional_forward_args=(scale[n : n + 1],),
+            return_path=True,
+            **FAST,
         )
         assert torch.allclose(attr[0][n : n + 1], single[0], atol=1e-10)
         assert torch.allclose(attr[1][n : n + 1], single[1], atol=1e-10)

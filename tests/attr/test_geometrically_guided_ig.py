@@ -1,4 +1,5 @@
 """GeometricallyGuidedIG: closed forms, reductions to known methods, batching, Captum conventions."""
+
 import copy
 import math
 
@@ -13,7 +14,6 @@ from captum_paths.attr._core.geometrically_guided_ig import (
     point_runs,
     trapezoid_weights,
 )
-
 
 # ----------------------------------------------------------------------------------------------------
 # models with known gradients
@@ -177,7 +177,12 @@ def test_convergence_delta_matches_captum_definition(digits, digits_cnn64):
     ggig = GeometricallyGuidedIG(digits_cnn64)
     assert ggig.has_convergence_delta()
     attr, delta = ggig.attribute(
-        x, baselines=0.2, target=target, n_steps=4, n_iterations=3, learning_rate=0.05,
+        x,
+        baselines=0.2,
+        target=target,
+        n_steps=4,
+        n_iterations=3,
+        learning_rate=0.05,
         return_convergence_delta=True,
     )
     expected = ggig.compute_convergence_delta(attr, torch.full_like(x, 0.2), x, target=target)
@@ -189,9 +194,7 @@ def test_more_iterations_only_raise_the_maximum(digits, digits_cnn64):
     x = digits.x_test[:2].double()
     target = digits.y_test[:2]
     one = GeometricallyGuidedIG(digits_cnn64).attribute(x, target=target, n_steps=3, n_iterations=1)
-    many = GeometricallyGuidedIG(digits_cnn64).attribute(
-        x, target=target, n_steps=3, n_iterations=5, learning_rate=0.5
-    )
+    many = GeometricallyGuidedIG(digits_cnn64).attribute(x, target=target, n_steps=3, n_iterations=5, learning_rate=0.5)
     assert (many >= one).all()  # a max over a superset of the gradients
     assert (many > one).any()
 
@@ -293,9 +296,7 @@ def test_tuple_inputs_and_additional_forward_args(digits, digits_cnn64):
         )
         torch.testing.assert_close(attr[0][i : i + 1], single[0], rtol=1e-10, atol=1e-13)
         torch.testing.assert_close(attr[1][i : i + 1], single[1], rtol=1e-10, atol=1e-13)
-    chunked = ggig.attribute(
-        (x1, x2), target=target, additional_forward_args=(scale,), internal_batch_size=5, **kwargs
-    )
+    chunked = ggig.attribute((x1, x2), target=target, additional_forward_args=(scale,), internal_batch_size=5, **kwargs)
     torch.testing.assert_close(chunked, attr, rtol=1e-10, atol=1e-13)
 
 

@@ -1,16 +1,17 @@
 """LocalPathIntegration: closed forms, reduction to IG, completeness in expectation, Captum conventions."""
+
 import copy
 
 import pytest
 import torch
 from captum.attr import IntegratedGradients, NoiseTunnel
 
-from captum_paths.attr._utils.rows import subset_additional_forward_args, subset_target
 from captum_paths import LocalPathIntegration, ReferenceBank
 from captum_paths.attr._core.local_path_integration import (
     draw_references_and_alphas,
     interpolate,
 )
+from captum_paths.attr._utils.rows import subset_additional_forward_args, subset_target
 
 
 # ------------------------------------------------------------------------------------ fixtures
@@ -41,7 +42,9 @@ def test_draws_follow_the_densities_and_alpha_range():
     probs = torch.tensor([[0.2, 0.8, 0.0], [0.5, 0.25, 0.25]], dtype=torch.float64)
     rows = torch.tensor([[0, 1, 0], [2, 3, 4]])
     hoods = torch.tensor([0, 1])
-    ids, alphas = draw_references_and_alphas(hoods, probs, rows, 20000, 2, (0.25, 0.75), torch.Generator().manual_seed(0))
+    ids, alphas = draw_references_and_alphas(
+        hoods, probs, rows, 20000, 2, (0.25, 0.75), torch.Generator().manual_seed(0)
+    )
     assert ids.shape == alphas.shape == (2, 40000)
     assert torch.equal(ids[:, ::2], ids[:, 1::2])  # the alphas of one reference are adjacent
     freq0 = torch.bincount(ids[0, ::2], minlength=5).double() / 20000
@@ -178,7 +181,13 @@ def test_noise_tunnel_and_no_grad_context(digits, digits_cnn64, cnn_bank):
     x, y = digits.x_test[:2].double(), digits.y_test[:2]
     nt = NoiseTunnel(lpi)
     attr, delta = nt.attribute(
-        x, nt_type="smoothgrad", nt_samples=3, stdevs=0.0, target=y, n_samples=4, generator=5,
+        x,
+        nt_type="smoothgrad",
+        nt_samples=3,
+        stdevs=0.0,
+        target=y,
+        n_samples=4,
+        generator=5,
         return_convergence_delta=True,
     )
     assert attr.shape == x.shape and delta.shape == (6,)
@@ -208,7 +217,9 @@ def test_tuple_inputs_closed_form(x64):
     inputs = (x_test[:5], extra_test)
     a1, a2 = LocalPathIntegration(model, bank).attribute(inputs, target=4, n_samples=2, generator=0)
     hood = bank.neighborhoods(model(*inputs).detach())
-    assert torch.allclose(a1, (inputs[0] - bank.references_[0][hood]) * model.a.weight[:, 4].detach().reshape(1, 1, 16, 16))
+    assert torch.allclose(
+        a1, (inputs[0] - bank.references_[0][hood]) * model.a.weight[:, 4].detach().reshape(1, 1, 16, 16)
+    )
     assert torch.allclose(a2, (inputs[1] - bank.references_[1][hood]) * model.b.weight[:, 4].detach())
     with pytest.raises(ValueError, match="holds 2 input"):
         LocalPathIntegration(model, bank).attribute(inputs[0], target=4)
@@ -222,7 +233,12 @@ def test_additional_forward_args_match_a_closure_per_example(digits, digits_cnn6
     scale = torch.tensor([[0.9], [1.0], [1.1], [1.2]], dtype=torch.float64)
     kw = dict(n_samples=3, return_convergence_delta=True)
     a, d = LocalPathIntegration(scaled, cnn_bank).attribute(
-        x, target=y, additional_forward_args=(scale,), generator=torch.Generator().manual_seed(0), internal_batch_size=2, **kw
+        x,
+        target=y,
+        additional_forward_args=(scale,),
+        generator=torch.Generator().manual_seed(0),
+        internal_batch_size=2,
+        **kw,
     )
     g = torch.Generator().manual_seed(0)
     for i in range(4):
@@ -306,7 +322,12 @@ def test_progress_bar_and_chunk_plan(digits, digits_cnn, cnn_bank):
     plan = LocalPathIntegration._chunks(5, 4, 3)  # 3 rows per pass: 3 examples x 1 draw, then 2 x 1
     assert plan[0] == (slice(0, 3), slice(0, 1)) and len(plan) == 8
     assert all((e.stop - e.start) * (d.stop - d.start) <= 3 for e, d in plan)
-    assert LocalPathIntegration._chunks(2, 10, 7) == [(slice(0, 2), slice(0, 3)), (slice(0, 2), slice(3, 6)), (slice(0, 2), slice(6, 9)), (slice(0, 2), slice(9, 10))]
+    assert LocalPathIntegration._chunks(2, 10, 7) == [
+        (slice(0, 2), slice(0, 3)),
+        (slice(0, 2), slice(3, 6)),
+        (slice(0, 2), slice(6, 9)),
+        (slice(0, 2), slice(9, 10)),
+    ]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -317,7 +338,9 @@ def test_tensors_stay_on_the_gpu(digits, digits_cnn, cnn_bank):
         x, target=torch.tensor([0, 1, 2]).cuda(), n_samples=4, generator=0, return_convergence_delta=True
     )
     assert attr.device == x.device and delta.device == x.device
-    cpu = LocalPathIntegration(digits_cnn, cnn_bank).attribute(digits.x_test[:3], target=[0, 1, 2], n_samples=4, generator=0)
+    cpu = LocalPathIntegration(digits_cnn, cnn_bank).attribute(
+        digits.x_test[:3], target=[0, 1, 2], n_samples=4, generator=0
+    )
     assert torch.allclose(attr.cpu(), cpu, atol=1e-5)
     on_gpu = LocalPathIntegration(model, cnn_bank).attribute(
         x, target=0, n_samples=4, generator=torch.Generator(device="cuda").manual_seed(0)

@@ -1,4 +1,5 @@
 """The ablation-path building blocks: monotone projection, constant speed, saturation, mask filter."""
+
 import math
 
 import numpy as np
@@ -83,11 +84,7 @@ def test_monotone_projection_rejects_non_float():
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    st.lists(
-        st.floats(min_value=-10, max_value=10, allow_nan=False, allow_infinity=False), min_size=1, max_size=14
-    )
-)
+@given(st.lists(st.floats(min_value=-10, max_value=10, allow_nan=False, allow_infinity=False), min_size=1, max_size=14))
 def test_monotone_projection_properties(values):
     y = torch.tensor(values, dtype=torch.float64)
     z = monotone_projection(y)
@@ -271,14 +268,20 @@ def test_time_major_forms_equal_the_public_functions():
         assert not torch.equal(overwritten, time_major)  # the argument was used as scratch space
         monotone = monotone_projection(raw, dim=1).clamp(0, 1)
         monotone[:, 0], monotone[:, -1] = 0, 1
-        assert torch.equal(constant_speed_time_major(monotone.transpose(0, 1).contiguous(), w).transpose(0, 1),
-                           constant_speed(monotone, w))
-        assert torch.allclose(path_saturation_time_major(repaired.transpose(0, 1), w), path_saturation(repaired, w),
-                              atol=1e-15)
+        assert torch.equal(
+            constant_speed_time_major(monotone.transpose(0, 1).contiguous(), w).transpose(0, 1),
+            constant_speed(monotone, w),
+        )
+        assert torch.allclose(
+            path_saturation_time_major(repaired.transpose(0, 1), w), path_saturation(repaired, w), atol=1e-15
+        )
     # one weight vector for every path
     shared = weights[0]
-    assert torch.allclose(constant_speed(repair_path(raw, shared), shared),
-                          constant_speed(repair_path(raw, shared), shared.expand(3, 11)), atol=1e-15)
+    assert torch.allclose(
+        constant_speed(repair_path(raw, shared), shared),
+        constant_speed(repair_path(raw, shared), shared.expand(3, 11)),
+        atol=1e-15,
+    )
 
 
 def test_monotone_projection_leaves_its_input_alone_and_keeps_layout():

@@ -1,4 +1,5 @@
 """ReferenceBank: fitted neighbourhoods and densities, references, safe atomic save / validated load."""
+
 import copy
 import os
 
@@ -223,7 +224,9 @@ def test_fit_errors(digits, digits_cnn):
     with pytest.raises(TypeError, match="`data` must be"):
         ReferenceBank().fit(digits_cnn, 3.0)
     with pytest.raises(ValueError, match="same inputs on every read"):
-        ReferenceBank(n_neighborhoods=2, n_references=2, random_state=0).fit(digits_cnn, _Augmented(digits.x_train[:200]))
+        ReferenceBank(n_neighborhoods=2, n_references=2, random_state=0).fit(
+            digits_cnn, _Augmented(digits.x_train[:200])
+        )
     unfitted = ReferenceBank()
     assert not unfitted.is_fitted
     with pytest.raises(ValueError, match="not fitted"):
@@ -236,5 +239,7 @@ def test_a_loaded_bank_for_another_input_shape_is_refused_by_name(bank, digits_c
 
     bank.save(tmp_path / "bank16.pt")
     loaded = ReferenceBank.load(tmp_path / "bank16.pt")
-    with pytest.raises(ValueError, match=r"shape \(1, 28, 28\) but the reference bank was fitted on inputs of shape \(1, 16, 16\)"):
+    with pytest.raises(
+        ValueError, match=r"shape \(1, 28, 28\) but the reference bank was fitted on inputs of shape \(1, 16, 16\)"
+    ):
         LocalPathIntegration(digits_cnn, loaded).attribute(torch.zeros(2, 1, 28, 28), target=0)

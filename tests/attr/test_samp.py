@@ -29,14 +29,18 @@ def linear_setup():
 
 def smooth_cnn():
     torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
-        nn.Softplus(),
-        nn.Conv2d(4, 4, 3, padding=1),
-        nn.Tanh(),
-        nn.Flatten(),
-        nn.Linear(4 * 8 * 8, 3),
-    ).double().eval()
+    return (
+        nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.Softplus(),
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.Linear(4 * 8 * 8, 3),
+        )
+        .double()
+        .eval()
+    )
 
 
 # ----------------------------------------------------------------------------------- closed forms
@@ -137,9 +141,7 @@ def test_select_salient_groups():
 def test_first_step_moves_the_most_salient_pixels(linear_setup, direction):
     w, x = linear_setup
     s = 5
-    attr = SampAttribution(linear_model(w)).attribute(
-        x, direction=direction, step_size=s, eta=None, max_steps=1
-    )
+    attr = SampAttribution(linear_model(w)).attribute(x, direction=direction, step_size=s, eta=None, max_steps=1)
     # deletion: projection w * (0 - x), most negative first; insertion: w * (x - blur), largest first
     displacement = x if direction == "deletion" else x - gaussian_blur(x, 11, 5.0)
     saliency = (w * displacement).sum(1).flatten(1)
@@ -182,7 +184,7 @@ def test_return_path_scores_and_fractions(digits, digits_cnn64):
         for d in range(2):
             fr = path.fractions[i, d, : path.lengths[i, d]]
             assert fr[0] == 0 and abs(float(fr[-1]) - 1) < 1e-9 and torch.all(fr[1:] >= fr[:-1])
-            assert torch.isnan(path.scores[i, d, path.lengths[i, d]:]).all()
+            assert torch.isnan(path.scores[i, d, path.lengths[i, d] :]).all()
     # snapshots: the first is the start point, the last the end point with the full attribution
     torch.testing.assert_close(path.snapshots[0][:, 1, 0], blurred)
     torch.testing.assert_close(path.snapshots[0][:, 1, -1], x)

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-
 from captum._utils.common import _expand_additional_forward_args, _expand_target
 
 from captum_paths.attr._utils.baselines import (
@@ -19,7 +18,6 @@ from captum_paths.attr._utils.features import feature_groups, flatten_inputs, gr
 from captum_paths.attr._utils.progress import chunk_slices
 from captum_paths.attr._utils.rows import subset_additional_forward_args, subset_target
 from captum_paths.attr._utils.validation import check_generator
-
 
 # ------------------------------------------------------------------------------------- blur
 
@@ -167,7 +165,9 @@ def test_flatten_round_trip_and_group_sum():
     back = unflatten_inputs(flat, (x, z))
     assert torch.equal(back[0], x) and torch.equal(back[1], z)
     ids = torch.tensor([[0, 1, 1, 2]])
-    torch.testing.assert_close(group_sum(torch.tensor([[1.0, 2.0, 3.0, 4.0]]), ids, 4), torch.tensor([[1.0, 5.0, 4.0, 0.0]]))
+    torch.testing.assert_close(
+        group_sum(torch.tensor([[1.0, 2.0, 3.0, 4.0]]), ids, 4), torch.tensor([[1.0, 5.0, 4.0, 0.0]])
+    )
 
 
 # ------------------------------------------------------------------------------------- compat
@@ -183,7 +183,9 @@ def test_target_scores_errors_name_the_target():
         target_scores(out, None, 4)
     with pytest.raises(ValueError, match="indices"):
         target_scores(out, (1, 2), 4)
-    torch.testing.assert_close(target_scores(torch.arange(12.0).view(4, 3), torch.tensor([0, 1, 2, 0]), 4), torch.tensor([0.0, 4.0, 8.0, 9.0]))
+    torch.testing.assert_close(
+        target_scores(torch.arange(12.0).view(4, 3), torch.tensor([0, 1, 2, 0]), 4), torch.tensor([0.0, 4.0, 8.0, 9.0])
+    )
 
 
 def test_gradients_and_scores_uses_one_pass_and_the_swappable_gradient_func():

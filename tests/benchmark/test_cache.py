@@ -1,4 +1,5 @@
 """The trained-model cache: loaded when nothing changed, retrained when anything it depends on does."""
+
 import torch
 import torch.nn as nn
 

@@ -1,4 +1,5 @@
 """The command line: one-line errors with exit code 2, and a --quick run end to end."""
+
 import json
 import math
 import subprocess
@@ -40,8 +41,12 @@ def test_bad_input_is_one_line_and_exit_code_2(argv, message, capsys, tmp_path):
 
 
 def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "captum_paths.benchmark", "--methods", "nosuch"],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "captum_paths.benchmark", "--methods", "nosuch"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("captum-paths-benchmark: error: unknown method(s) 'nosuch'")
@@ -73,8 +78,21 @@ def test_every_method_is_registered_with_its_knobs():
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    argv = ["--quick", "--n-images", "2", "--n-localization", "2", "--epochs", "1", "--no-progress",
-            "--no-figures", "--cache-dir", str(out / "cache"), "--out", str(out)]
+    argv = [
+        "--quick",
+        "--n-images",
+        "2",
+        "--n-localization",
+        "2",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--no-figures",
+        "--cache-dir",
+        str(out / "cache"),
+        "--out",
+        str(out),
+    ]
     code = main(argv)
     return code, out
 
@@ -96,8 +114,25 @@ def test_quick_run_end_to_end_every_method_finite_every_metric_a_number(quick_ru
     assert results["model"]["train_config"]["epochs"] == 1
     assert "| SAMP++ |" in (out / "results.md").read_text()
     # a second run loads both models from the cache instead of training them
-    code = main(["--quick", "--methods", "saliency", "--n-images", "2", "--n-localization", "2", "--epochs", "1",
-                 "--no-progress", "--no-figures", "--cache-dir", str(out / "cache"), "--out", str(out / "again")])
+    code = main(
+        [
+            "--quick",
+            "--methods",
+            "saliency",
+            "--n-images",
+            "2",
+            "--n-localization",
+            "2",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--no-figures",
+            "--cache-dir",
+            str(out / "cache"),
+            "--out",
+            str(out / "again"),
+        ]
+    )
     again = json.loads((out / "again" / "results.json").read_text())
     assert code == 0 and not again["model"]["trained_now"] and not again["model"]["localization_model"]["trained_now"]
     assert again["model"]["test_accuracy"] == results["model"]["test_accuracy"]

@@ -1,4 +1,5 @@
 """The benchmark's data: the fixed digits split, the synthetic localisation set, the loaders' errors."""
+
 import pytest
 import torch
 
@@ -67,8 +68,8 @@ def test_loaders_never_download_and_say_what_is_missing(tmp_path):
 
 
 def test_image_folder_loader_reads_a_seeded_draw(tmp_path):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     rng = np.random.default_rng(0)
     for cls in ("a", "b"):

@@ -1,4 +1,5 @@
 """The table, the claims check and the JSON / markdown / figure writers."""
+
 import json
 import math
 
@@ -13,27 +14,47 @@ def _method(label, values, extra=None):
     for k, v in per_image.items():
         t = torch.tensor(v, dtype=torch.float64)
         summary[k] = {"mean": float(t.mean()), "std": float(t.std(unbiased=False)), "n": len(v)}
-    return dict({"label": label, "params": {"n_steps": 50}, "per_image": per_image, "summary": summary,
-                 "seconds_per_image": 0.5, "forward_per_image": 50.0, "backward_per_image": 50.0,
-                 "finite_attributions": True, "setup_seconds": 0.0}, **(extra or {}))
+    return dict(
+        {
+            "label": label,
+            "params": {"n_steps": 50},
+            "per_image": per_image,
+            "summary": summary,
+            "seconds_per_image": 0.5,
+            "forward_per_image": 50.0,
+            "backward_per_image": 50.0,
+            "finite_attributions": True,
+            "setup_seconds": 0.0,
+        },
+        **(extra or {}),
+    )
 
 
 def _results():
     return {
         "methods": {
-            "samp++": _method("SAMP++", {"samp_deletion": [0.1, 0.2, 0.3], "samp_insertion": [0.9, 0.8, 0.7],
-                                         "diffid": [0.5, 0.5, 0.5]}),
-            "ig": _method("IG", {"samp_deletion": [0.3, 0.4, 0.2], "samp_insertion": [0.5, 0.6, 0.7],
-                                 "diffid": [0.2, 0.3, 0.4]}),
-            "random": _method("Random", {"samp_deletion": [0.0, 0.0, 0.0], "samp_insertion": [1.0, 1.0, 1.0],
-                                         "diffid": [0.0, 0.1, 0.0]}),
+            "samp++": _method(
+                "SAMP++",
+                {"samp_deletion": [0.1, 0.2, 0.3], "samp_insertion": [0.9, 0.8, 0.7], "diffid": [0.5, 0.5, 0.5]},
+            ),
+            "ig": _method(
+                "IG", {"samp_deletion": [0.3, 0.4, 0.2], "samp_insertion": [0.5, 0.6, 0.7], "diffid": [0.2, 0.3, 0.4]}
+            ),
+            "random": _method(
+                "Random",
+                {"samp_deletion": [0.0, 0.0, 0.0], "samp_insertion": [1.0, 1.0, 1.0], "diffid": [0.0, 0.1, 0.0]},
+            ),
         },
         "curves": {},
         "config": {"n_images": 3, "seed": 0, "n_localization": 0},
         "data": {"name": "digits", "source": "test", "split": "test"},
         "model": {"architecture": "X", "test_accuracy": 0.99, "accuracy_on": "test"},
-        "protocols": {"samp": {"step": 10}, "rise": {"step": 28}, "pointing_game": {"tolerance": 1},
-                      "target": "predicted"},
+        "protocols": {
+            "samp": {"step": 10},
+            "rise": {"step": 28},
+            "pointing_game": {"tolerance": 1},
+            "target": "predicted",
+        },
         "environment": {"torch": "t", "captum": "c", "device": "cpu"},
         "total_seconds": 1.0,
     }
@@ -44,10 +65,10 @@ def test_table_has_mean_std_bold_best_and_ignores_random_floor():
     lines = table.splitlines()
     assert lines[0].startswith("| Method | SAMP Del ↓ | SAMP Ins ↑ | DiffID ↑ |")  # only columns with data
     assert len(lines) == 2 + 3
-    samp_row = next(l for l in lines if l.startswith("| SAMP++ "))
+    samp_row = next(line for line in lines if line.startswith("| SAMP++ "))
     # SAMP++ has the lowest deletion (0.2 vs 0.3) and the highest insertion among non-random methods
     assert "**0.200 ± 0.082**" in samp_row and "**0.800 ± 0.082**" in samp_row
-    random_row = next(l for l in lines if l.startswith("| Random "))
+    random_row = next(line for line in lines if line.startswith("| Random "))
     assert "**" not in random_row  # the floor never wins, even with "better" numbers
     assert samp_row.rstrip(" |").endswith("0.500 | 50 | 50")
 
@@ -87,8 +108,13 @@ def test_write_results_writes_markdown_json_and_figures(tmp_path):
     r["_targets"] = torch.tensor([1, 2])
     r["_attributions"] = {n: torch.randn(2, 1, 8, 8) for n in r["methods"]}
     frac = [0.0, 0.5, 1.0]
-    r["curves"] = {n: {k: {"fractions": frac, "mean": [1.0, 0.5, 0.2], "std": [0, 0, 0]}
-                       for k in ("samp_deletion", "samp_insertion")} for n in r["methods"]}
+    r["curves"] = {
+        n: {
+            k: {"fractions": frac, "mean": [1.0, 0.5, 0.2], "std": [0, 0, 0]}
+            for k in ("samp_deletion", "samp_insertion")
+        }
+        for n in r["methods"]
+    }
     paths = write_results(r, str(tmp_path / "out"))
     md = paths["markdown"].read_text()
     assert "| SAMP++ |" in md and "Headline claims" in md

@@ -1,4 +1,5 @@
 """Small analytic models shared by the metric tests."""
+
 import torch
 import torch.nn as nn
 

@@ -1,17 +1,17 @@
 """Insertion / deletion: closed forms, RISE and SAMP protocols re-implemented independently, Captum
 conventions."""
+
 import copy
 
 import numpy as np
 import pytest
 import torch
+from metric_models import LinearClasses, LinearScore, TwoInputLinear, small_cnn
 from scipy.ndimage import gaussian_filter
 
 from captum_paths.attr import GaussianBlur
 from captum_paths.metrics import deletion, insertion
 from captum_paths.metrics._core.causal import features_per_step
-
-from metric_models import LinearClasses, LinearScore, TwoInputLinear, small_cnn
 
 
 def _linear_problem(seed=0, n=3, shape=(2, 4, 4)):
@@ -51,7 +51,10 @@ def test_oracle_beats_random_beats_reversed():
     model, x, oracle = _linear_problem(seed=2, n=4)
     random = torch.randn(oracle.shape, generator=torch.Generator().manual_seed(5), dtype=oracle.dtype)
     d = {k: deletion(model, x, a) for k, a in [("oracle", oracle), ("random", random), ("reversed", -oracle)]}
-    i = {k: insertion(model, x, a, substrate="zeros") for k, a in [("oracle", oracle), ("random", random), ("reversed", -oracle)]}
+    i = {
+        k: insertion(model, x, a, substrate="zeros")
+        for k, a in [("oracle", oracle), ("random", random), ("reversed", -oracle)]
+    }
     assert bool((d["oracle"] < d["random"]).all() and (d["random"] < d["reversed"]).all())
     assert bool((i["oracle"] > i["random"]).all() and (i["random"] > i["reversed"]).all())
 
@@ -102,8 +105,16 @@ def test_matches_rise_causal_metric(mode):
     fn = deletion if mode == "del" else insertion
     substrate = "zeros" if mode == "del" else "blur"
     auc, curves, _ = fn(
-        model, x, attributions, target=target, step=10, substrate=substrate, score="softmax",
-        auc="trapezoid", normalize=False, return_curves=True,
+        model,
+        x,
+        attributions,
+        target=target,
+        step=10,
+        substrate=substrate,
+        score="softmax",
+        auc="trapezoid",
+        normalize=False,
+        return_curves=True,
     )
     for i in range(3):
         ref_scores, ref_auc = _rise_reference(model, x[i : i + 1], maps[i].numpy(), mode, step=10)
@@ -117,8 +128,9 @@ def test_samp_protocol_normalised_mean():
     attr = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     target = [1, 4]
     for fn, peak in ((deletion, 0), (insertion, -1)):
-        auc, curves, _ = fn(model, x, attr, target=target, step=10, score="logit", auc="mean", normalize=True,
-                            return_curves=True)
+        auc, curves, _ = fn(
+            model, x, attr, target=target, step=10, score="logit", auc="mean", normalize=True, return_curves=True
+        )
         _, raw, _ = fn(model, x, attr, target=target, step=10, return_curves=True)
         torch.testing.assert_close(curves, raw / raw[:, peak : peak + 1 if peak == 0 else None])
         torch.testing.assert_close(auc, (raw / raw[:, [peak]]).mean(1))
@@ -134,13 +146,15 @@ def test_batched_equals_one_at_a_time_and_chunking_is_invisible(digits, digits_c
     y = digits.y_test[:5]
     full = deletion(digits_cnn64, x, attr, target=y, step=16, score="softmax", return_curves=True)[1]
     for chunk in (1, 7):
-        chunked = deletion(digits_cnn64, x, attr, target=y, step=16, score="softmax", return_curves=True,
-                           max_examples_per_batch=chunk)[1]
+        chunked = deletion(
+            digits_cnn64, x, attr, target=y, step=16, score="softmax", return_curves=True, max_examples_per_batch=chunk
+        )[1]
         torch.testing.assert_close(chunked, full, atol=1e-12, rtol=0)
     both = insertion(digits_cnn64, x, attr, target=y, step=16, return_curves=True)[1]
     for i in range(5):
-        single = insertion(digits_cnn64, x[i : i + 1], attr[i : i + 1], target=int(y[i]), step=16,
-                           return_curves=True)[1]
+        single = insertion(digits_cnn64, x[i : i + 1], attr[i : i + 1], target=int(y[i]), step=16, return_curves=True)[
+            1
+        ]
         torch.testing.assert_close(single[0], both[i], atol=1e-12, rtol=0)
 
 
@@ -153,7 +167,9 @@ def test_target_formats_agree():
         torch.testing.assert_close(deletion(model, x, attr, target=t), ref)
     per_example = deletion(model, x, attr, target=[0, 1, 3], return_curves=True)[1]
     for i, t in enumerate([0, 1, 3]):
-        torch.testing.assert_close(per_example[i], deletion(model, x[i:i+1], attr[i:i+1], target=t, return_curves=True)[1][0])
+        torch.testing.assert_close(
+            per_example[i], deletion(model, x[i : i + 1], attr[i : i + 1], target=t, return_curves=True)[1][0]
+        )
 
 
 def test_tuple_inputs_rank_features_jointly():
@@ -173,8 +189,9 @@ def test_tuple_inputs_rank_features_jointly():
 def test_additional_forward_args_are_per_example():
     model, x, oracle = _linear_problem(seed=3)
     scale = torch.tensor([1.0, 2.0, -3.0], dtype=x.dtype)
-    _, scaled, _ = deletion(model, x, oracle, additional_forward_args=scale, return_curves=True,
-                            max_examples_per_batch=5)
+    _, scaled, _ = deletion(
+        model, x, oracle, additional_forward_args=scale, return_curves=True, max_examples_per_batch=5
+    )
     _, plain, _ = deletion(model, x, oracle, return_curves=True)
     torch.testing.assert_close(scaled, plain * scale.unsqueeze(1))
 
@@ -194,8 +211,7 @@ def test_feature_mask_groups_and_float_step():
 def test_show_progress_and_generator_for_random_substrates(capsys):
     model, x, oracle = _linear_problem(seed=6)
     quiet = deletion(model, x, oracle, substrate="uniform", generator=3, max_examples_per_batch=10)
-    shown = deletion(model, x, oracle, substrate="uniform", generator=3, max_examples_per_batch=10,
-                     show_progress=True)
+    shown = deletion(model, x, oracle, substrate="uniform", generator=3, max_examples_per_batch=10, show_progress=True)
     assert torch.equal(quiet, shown)
     assert "deletion" in capsys.readouterr().err
     assert not torch.equal(quiet, deletion(model, x, oracle, substrate="uniform", generator=4))

@@ -1,12 +1,12 @@
 """DiffID: closed forms, LPI's evaluator re-implemented, limits, antisymmetry, errors."""
+
 import numpy as np
 import pytest
 import torch
+from metric_models import LinearClasses, LinearScore
 
 from captum_paths.metrics import DiffIDResult, diffid
 from captum_paths.metrics._core.diffid import removed_counts
-
-from metric_models import LinearClasses, LinearScore
 
 
 def _problem(seed=0, n=3, shape=(1, 4, 4)):
@@ -64,7 +64,7 @@ def _lpi_reference(model, images, saliency, labels, ratios):
     mean fill, logit ratio, top-1 hits), written for single-channel images."""
     s = saliency.abs().sum(1, keepdim=True)
     flat_s = s.reshape(len(s), -1)
-    flat_s = (flat_s - flat_s.min(1, keepdim=True).values)
+    flat_s = flat_s - flat_s.min(1, keepdim=True).values
     flat_s = flat_s / (flat_s.max(1, keepdim=True).values + 1e-10)
     out = model(images).detach()
     n_el = images[0].numel()
@@ -73,7 +73,7 @@ def _lpi_reference(model, images, saliency, labels, ratios):
     for r in ratios:
         for is_del in (False, True):
             order = torch.argsort(flat_s, dim=1, descending=is_del)
-            keep_idx = order[:, int(n_el * r):]
+            keep_idx = order[:, int(n_el * r) :]
             flat = images.reshape(len(images), -1)
             mask = torch.zeros_like(flat)
             means = []
@@ -84,8 +84,12 @@ def _lpi_reference(model, images, saliency, labels, ratios):
             o = model(pert).detach()
             logits[is_del].append(o[torch.arange(len(images)), labels] / out[torch.arange(len(images)), labels])
             hits[is_del].append(o.argmax(1) == labels)
-    return (torch.stack(logits[False], 1), torch.stack(logits[True], 1), torch.stack(hits[False], 1),
-            torch.stack(hits[True], 1))
+    return (
+        torch.stack(logits[False], 1),
+        torch.stack(logits[True], 1),
+        torch.stack(hits[False], 1),
+        torch.stack(hits[True], 1),
+    )
 
 
 def test_matches_lpi_evaluator_on_digits(digits, digits_cnn64):

@@ -1,4 +1,5 @@
 """The small pure helpers of the metrics: ranking, AUC rules, correlations, row selection."""
+
 import numpy as np
 import pytest
 import torch

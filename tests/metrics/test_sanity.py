@@ -1,4 +1,5 @@
 """Sanity checks: randomisation and sigma-perturbation on the trained digits CNN."""
+
 import copy
 
 import numpy as np
@@ -41,8 +42,9 @@ def batch(digits):
 def test_cascading_randomisation_similarity_falls_and_model_untouched(digits_cnn, batch):
     x, y = batch
     snap = _snapshot(digits_cnn)
-    res = model_randomization_check(digits_cnn, Saliency, x, target=y, labels=y, generator=0,
-                                    attribute_kwargs={"abs": False})
+    res = model_randomization_check(
+        digits_cnn, Saliency, x, target=y, labels=y, generator=0, attribute_kwargs={"abs": False}
+    )
     _assert_untouched(digits_cnn, snap)
     assert isinstance(res, SanityCheckResult)
     assert res.steps == ["original", "head", "features.3", "features.0"]
@@ -57,28 +59,52 @@ def test_cascading_randomisation_similarity_falls_and_model_untouched(digits_cnn
     torch.testing.assert_close(res.values, torch.arange(4, dtype=torch.float64))
     # the same seed gives the same check; the callable form equals the class form
     fn = lambda model, inputs, target: Saliency(model).attribute(inputs, target=target, abs=False)  # noqa: E731
-    again = model_randomization_check(digits_cnn, fn, x, target=y, generator=torch.Generator().manual_seed(0),
-                                      max_examples_per_batch=5)
+    again = model_randomization_check(
+        digits_cnn, fn, x, target=y, generator=torch.Generator().manual_seed(0), max_examples_per_batch=5
+    )
     torch.testing.assert_close(again.spearman, res.spearman)
     assert again.accuracy is None
 
 
 def test_independent_and_reset_parameters_modes(digits_cnn, batch):
     x, y = batch
-    res = model_randomization_check(digits_cnn, Saliency, x, target=y, cascading=False, reinit="reset_parameters",
-                                    layers=["head", "features.0"], generator=1)
+    res = model_randomization_check(
+        digits_cnn,
+        Saliency,
+        x,
+        target=y,
+        cascading=False,
+        reinit="reset_parameters",
+        layers=["head", "features.0"],
+        generator=1,
+    )
     assert res.steps == ["original", "head", "features.0"]
     assert bool((res.spearman_abs[1:].mean(1) < 0.9).all())
-    other = model_randomization_check(digits_cnn, Saliency, x, target=y, cascading=False,
-                                      reinit="reset_parameters", layers=["head", "features.0"], generator=1)
+    other = model_randomization_check(
+        digits_cnn,
+        Saliency,
+        x,
+        target=y,
+        cascading=False,
+        reinit="reset_parameters",
+        layers=["head", "features.0"],
+        generator=1,
+    )
     torch.testing.assert_close(other.pearson_abs, res.pearson_abs)
 
 
 def test_sigma_perturbation_similarity_falls_with_noise(digits_cnn, batch):
     x, y = batch
     snap = _snapshot(digits_cnn)
-    res = sigma_perturbation_check(digits_cnn, IntegratedGradients, x, labels=y, sigmas=[0.05, 1.0, 3.0],
-                                   generator=0, attribute_kwargs={"n_steps": 8})
+    res = sigma_perturbation_check(
+        digits_cnn,
+        IntegratedGradients,
+        x,
+        labels=y,
+        sigmas=[0.05, 1.0, 3.0],
+        generator=0,
+        attribute_kwargs={"n_steps": 8},
+    )
     _assert_untouched(digits_cnn, snap)
     assert res.steps == ["original", "sigma=0.05", "sigma=1", "sigma=3"]
     sim = res.spearman.mean(1)
@@ -92,7 +118,9 @@ def test_sigma_perturbation_similarity_falls_with_noise(digits_cnn, batch):
 def test_explanation_similarities_closed_form():
     a = torch.tensor([[1.0, -2.0, 3.0, 0.5]])
     sp_abs, sp, pe_abs = explanation_similarities(a, -a)
-    assert sp_abs.item() == pytest.approx(1.0) and sp.item() == pytest.approx(-1.0) and pe_abs.item() == pytest.approx(1.0)
+    assert (
+        sp_abs.item() == pytest.approx(1.0) and sp.item() == pytest.approx(-1.0) and pe_abs.item() == pytest.approx(1.0)
+    )
 
 
 def test_bad_input(digits_cnn, batch):
@@ -119,14 +147,19 @@ def _ssim_by_windows(a, b, win=7, c1=1e-4, c2=9e-4):
         for j in range(a.shape[1] - win + 1):
             x, y = a[i : i + win, j : j + win].ravel(), b[i : i + win, j : j + win].ravel()
             cov = np.cov(x, y, ddof=1)
-            vals.append(((2 * x.mean() * y.mean() + c1) * (2 * cov[0, 1] + c2))
-                        / ((x.mean() ** 2 + y.mean() ** 2 + c1) * (cov[0, 0] + cov[1, 1] + c2)))
+            vals.append(
+                ((2 * x.mean() * y.mean() + c1) * (2 * cov[0, 1] + c2))
+                / ((x.mean() ** 2 + y.mean() ** 2 + c1) * (cov[0, 0] + cov[1, 1] + c2))
+            )
     return float(np.mean(vals))
 
 
 def test_ssim_matches_a_window_by_window_computation():
     g = torch.Generator().manual_seed(0)
-    a, b = torch.rand(2, 9, 11, generator=g, dtype=torch.float64), torch.rand(2, 9, 11, generator=g, dtype=torch.float64)
+    a, b = (
+        torch.rand(2, 9, 11, generator=g, dtype=torch.float64),
+        torch.rand(2, 9, 11, generator=g, dtype=torch.float64),
+    )
     b[1] = 0.7 * a[1] + 0.1
     got = ssim_of_maps(a, b)
     for i in range(2):
@@ -151,8 +184,16 @@ def test_tuple_inputs_and_forward_args():
     torch.manual_seed(0)
     model = TwoInputs().eval()
     u, v, scale = torch.rand(5, 6), torch.rand(5, 4), torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0])
-    res = model_randomization_check(model, Saliency, (u, v), target=1, additional_forward_args=scale,
-                                    generator=0, max_examples_per_batch=2, attribute_kwargs={"abs": False})
+    res = model_randomization_check(
+        model,
+        Saliency,
+        (u, v),
+        target=1,
+        additional_forward_args=scale,
+        generator=0,
+        max_examples_per_batch=2,
+        attribute_kwargs={"abs": False},
+    )
     assert res.steps == ["original", "b", "a"] and res.ssim is None
     torch.testing.assert_close(res.spearman[0], torch.ones(5, dtype=torch.float64))
     # a linear model's gradient is its weight row: randomising both layers decorrelates it

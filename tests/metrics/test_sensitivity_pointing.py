@@ -1,11 +1,11 @@
 """Sensitivity-n and the pointing game."""
+
 import pytest
 import torch
+from metric_models import LinearClasses, LinearScore, TwoInputLinear
 
 from captum_paths.metrics import pointing_game, sensitivity_n
 from captum_paths.metrics._core.sensitivity import random_subsets
-
-from metric_models import LinearClasses, LinearScore, TwoInputLinear
 
 
 def _additive(seed=0, n=3):
@@ -30,8 +30,9 @@ def test_random_attributions_are_not_sensitive_and_seed_reproduces():
     model, x, w = _additive(seed=1)
     attr = torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=x.dtype)
     a = sensitivity_n(model, x, attr, n=4, generator=7, n_subsets=50)
-    b = sensitivity_n(model, x, attr, n=4, generator=torch.Generator().manual_seed(7), n_subsets=50,
-                      max_examples_per_batch=13)
+    b = sensitivity_n(
+        model, x, attr, n=4, generator=torch.Generator().manual_seed(7), n_subsets=50, max_examples_per_batch=13
+    )
     assert a.shape == (3,) and torch.equal(a, b)
     first = sensitivity_n(model, x[:1], attr[:1], n=4, generator=7, n_subsets=50)  # draws go example by example
     torch.testing.assert_close(first[0], a[0], atol=1e-12, rtol=0)
@@ -42,7 +43,7 @@ def test_correlation_follows_its_definition_on_a_nonlinear_model():
     g = torch.Generator().manual_seed(3)
     x = torch.rand(2, 6, generator=g, dtype=torch.float64)
     attr = torch.randn(2, 6, generator=g, dtype=torch.float64)
-    model = lambda t: (t ** 2).sum(1, keepdim=True) + t[:, :1] * t[:, 1:2]  # noqa: E731
+    model = lambda t: (t**2).sum(1, keepdim=True) + t[:, :1] * t[:, 1:2]  # noqa: E731
     got = sensitivity_n(model, x, attr, n=2, n_subsets=20, generator=5)
     gen = torch.Generator().manual_seed(5)  # drawn example by example, as sensitivity_n does
     members = torch.cat([random_subsets(1, 20, 6, 2, gen, x.device) for _ in range(2)])

@@ -1,4 +1,5 @@
 """Ablation path saliency (Sagemüller & Verdier, "Ablation Path Saliency", arXiv 2209.12459, 2022)."""
+
 import math
 from dataclasses import dataclass
 from numbers import Real
@@ -314,13 +315,13 @@ class AblationPath(GradientAttribution):
                 "other inputs"
             )
         if baselines is None and any(x.dim() != 4 for x in inputs):
-            raise ValueError(
-                "the default baseline (the blurred input) needs (N, C, H, W) images: pass `baselines`"
-            )
+            raise ValueError("the default baseline (the blurred input) needs (N, C, H, W) images: pass `baselines`")
         if filter_sigma is None:
             filter_sigma = 1.0 if feature_mask is None else 0.0
-        elif isinstance(filter_sigma, bool) or not isinstance(filter_sigma, Real) or not (
-            math.isfinite(filter_sigma) and filter_sigma >= 0
+        elif (
+            isinstance(filter_sigma, bool)
+            or not isinstance(filter_sigma, Real)
+            or not (math.isfinite(filter_sigma) and filter_sigma >= 0)
         ):
             raise ValueError(f"`filter_sigma` must be a non-negative finite number, got {filter_sigma!r}")
         if filter_sigma > 0 and feature_mask is not None:
@@ -353,12 +354,12 @@ class AblationPath(GradientAttribution):
             internal_batch_size=internal_batch_size,
             show_progress=show_progress,
         )
-        saliency_groups = (trapezoid_weights(n_points, result.group_masks.dtype, result.group_masks.device)
-                           .unsqueeze(-1) * (1 - result.group_masks)).sum(dim=1)
+        saliency_groups = (
+            trapezoid_weights(n_points, result.group_masks.dtype, result.group_masks.device).unsqueeze(-1)
+            * (1 - result.group_masks)
+        ).sum(dim=1)
         flat = torch.gather(saliency_groups, 1, group_ids)
-        attributions = tuple(
-            a.to(x.dtype) for a, x in zip(unflatten_inputs(flat, inputs), inputs)
-        )
+        attributions = tuple(a.to(x.dtype) for a, x in zip(unflatten_inputs(flat, inputs), inputs))
         attributions = format_output(is_inputs_tuple, attributions)
         if return_path:
             if not is_inputs_tuple:
@@ -396,9 +397,10 @@ class AblationPath(GradientAttribution):
         n_interior = n_points - 2
         geometry = _PathGeometry(inputs, baselines, group_ids, n_groups, pixels=spatial)
         # share of the input's elements in each group: the constant-speed constraint's weights
-        weights = group_sum(
-            torch.ones(group_ids.shape, dtype=mask_dtype, device=device), group_ids, n_groups
-        ) / group_ids.shape[1]
+        weights = (
+            group_sum(torch.ones(group_ids.shape, dtype=mask_dtype, device=device), group_ids, n_groups)
+            / group_ids.shape[1]
+        )
         # equal weights (one group per pixel, or groups of one size): plain means, no weights needed
         mean_weights = None if bool((weights == weights[:, :1]).all()) else weights
         times = torch.linspace(0, 1, n_points, dtype=mask_dtype, device=device)
@@ -419,8 +421,12 @@ class AblationPath(GradientAttribution):
         all_examples = torch.arange(n_examples, device=device)
         active = all_examples
         with progress_bar(show_progress, total=total, desc="AblationPath", unit="batch") as bar:
-            ends = torch.cat([torch.zeros(n_examples, n_groups, dtype=mask_dtype, device=device),
-                              torch.ones(n_examples, n_groups, dtype=mask_dtype, device=device)])
+            ends = torch.cat(
+                [
+                    torch.zeros(n_examples, n_groups, dtype=mask_dtype, device=device),
+                    torch.ones(n_examples, n_groups, dtype=mask_dtype, device=device),
+                ]
+            )
             end_scores, end_top = self._evaluate(
                 forward, geometry, example_args, all_examples.repeat(2), ends, internal_batch_size, bar
             )
@@ -474,8 +480,13 @@ class AblationPath(GradientAttribution):
             # the final path: scores (and top class) at the interior points, no gradients
             row_masks = path[1:-1].reshape(-1, n_groups)
             mid_scores, mid_top = self._evaluate(
-                forward, geometry, example_args, all_examples.repeat(n_interior), row_masks,
-                internal_batch_size, bar,
+                forward,
+                geometry,
+                example_args,
+                all_examples.repeat(n_interior),
+                row_masks,
+                internal_batch_size,
+                bar,
             )
         mid_scores = mid_scores.reshape(n_interior, n_examples).transpose(0, 1).to(mask_dtype)
         mid_top = mid_top.reshape(n_interior, n_examples).transpose(0, 1)

@@ -1,4 +1,5 @@
 """Geometrically Guided Integrated Gradients (Rahman, Lewis & Plis, 2022)."""
+
 import math
 import warnings
 from numbers import Real
@@ -133,7 +134,7 @@ class GeometricallyGuidedIG(GradientAttribution):
 
     ``self.gradient_func`` (swappable, Captum's ``compute_gradients`` by default) is called once per
     pass with a forward function that returns the *sum* of the rows' target scores, shape ``(1,)``, and
-    ``target=None`` (see :func:`~captum_paths.attr._utils.captum_compat.gradients_and_scores`): the same gradients as Captum's per-row
+    ``target=None``: the same gradients as Captum's per-row
     unbind, without its per-row cost.
     """
 

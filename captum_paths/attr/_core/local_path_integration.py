@@ -1,11 +1,11 @@
 """Local Path Integration (Yang, Akhtar, Wen, Mian: "Local Path Integration for Attribution", AAAI 2023)."""
+
 from numbers import Real
 from typing import Any, Callable, List, Optional, Tuple, Union
 
 import torch
-from torch import Tensor
-
 from captum.attr import GradientAttribution
+from torch import Tensor
 
 from captum_paths.attr._core.reference_bank import ReferenceBank
 from captum_paths.attr._utils.captum_compat import (
@@ -205,10 +205,10 @@ class LocalPathIntegration(GradientAttribution):
         ref_ids, alphas = draw_references_and_alphas(
             neighborhoods, probabilities, reference_rows, n_samples, n_alphas, alpha_range, generator
         )
-        references = tuple(
-            r.to(device=x.device, dtype=x.dtype) for r, x in zip(bank.references_, inputs_tpl)
+        references = tuple(r.to(device=x.device, dtype=x.dtype) for r, x in zip(bank.references_, inputs_tpl))
+        totals = self._integrate(
+            inputs_tpl, references, ref_ids, alphas, target, afa, internal_batch_size, show_progress
         )
-        totals = self._integrate(inputs_tpl, references, ref_ids, alphas, target, afa, internal_batch_size, show_progress)
         n_draws = n_samples * n_alphas
         attributions = tuple(t / n_draws for t in totals)
         result = format_output(is_inputs_tuple, attributions)
@@ -283,7 +283,9 @@ class LocalPathIntegration(GradientAttribution):
                 ids = ref_ids[examples, block].t().reshape(-1).to(device)
                 a = alphas[examples, block].t()
                 with torch.no_grad():
-                    starts = tuple(r[ids].reshape((steps, count) + tuple(x.shape[1:])) for r, x in zip(references, inputs))
+                    starts = tuple(
+                        r[ids].reshape((steps, count) + tuple(x.shape[1:])) for r, x in zip(references, inputs)
+                    )
                     paths = [interpolate(s, x[examples], a) for s, x in zip(starts, inputs)]
                     points = tuple(p.requires_grad_() for p, _ in paths)
                     spans = tuple(d for _, d in paths)

@@ -18,6 +18,7 @@ Banks are saved as a dictionary of plain tensors, numbers and strings read back 
 ``torch.load(weights_only=True)`` (no arbitrary unpickling), written atomically, and checked on load
 (format, version, shapes, densities, a SHA-256 of the content).
 """
+
 import hashlib
 import os
 import tempfile
@@ -56,7 +57,9 @@ def _split_item(item: Any, n_inputs: Optional[int], what: str) -> Tuple[Tensor, 
             raise ValueError(f"`n_inputs`={n_inputs} but {what} has only {len(item)} element(s)")
         parts = tuple(item[:k])
     else:
-        raise TypeError(f"{what} must be a tensor or a tuple/list starting with the model inputs, got {type(item).__name__}")
+        raise TypeError(
+            f"{what} must be a tensor or a tuple/list starting with the model inputs, got {type(item).__name__}"
+        )
     out = []
     for p in parts:
         if not isinstance(p, Tensor):
@@ -173,9 +176,11 @@ class ReferenceBank:
     ) -> None:
         self.n_neighborhoods = check_positive_int(n_neighborhoods, "n_neighborhoods")
         self.n_references = check_positive_int(n_references, "n_references")
-        if not (random_state is None or isinstance(random_state, np.random.RandomState) or (
-            isinstance(random_state, Integral) and not isinstance(random_state, bool)
-        )):
+        if not (
+            random_state is None
+            or isinstance(random_state, np.random.RandomState)
+            or (isinstance(random_state, Integral) and not isinstance(random_state, bool))
+        ):
             raise TypeError(
                 f"`random_state` must be None, an int or a numpy RandomState, got {type(random_state).__name__}"
             )
@@ -251,6 +256,7 @@ class ReferenceBank:
                 and hasattr(loader.dataset, "__getitem__")
             )
             if sequential:
+
                 def fetch(idx: Sequence[int]) -> Tuple[Tensor, ...]:
                     items = [loader.dataset[int(i)] for i in idx]
                     return _split_item(loader.collate_fn(items), n_inputs, "a `data` item")
@@ -269,8 +275,7 @@ class ReferenceBank:
 
         else:
             raise TypeError(
-                "`data` must be a tensor, a tuple of tensors, a Dataset or a DataLoader, "
-                f"got {type(data).__name__}"
+                f"`data` must be a tensor, a tuple of tensors, a Dataset or a DataLoader, got {type(data).__name__}"
             )
 
         # one pass: logits (and, for loaders that cannot be re-read by position, the inputs)
@@ -305,9 +310,7 @@ class ReferenceBank:
             raise ValueError("the model's logits over `data` contain nan or inf")
         n = logits.shape[0]
         if n < self.n_neighborhoods:
-            raise ValueError(
-                f"`data` has {n} example(s), fewer than `n_neighborhoods`={self.n_neighborhoods}"
-            )
+            raise ValueError(f"`data` has {n} example(s), fewer than `n_neighborhoods`={self.n_neighborhoods}")
 
         centers, groups, densities, ref_idx, sizes = self._cluster(logits.numpy())
         references = fetch(ref_idx.tolist())
@@ -346,7 +349,9 @@ class ReferenceBank:
         with warnings.catch_warnings():
             # duplicate logits make K-means find fewer distinct clusters: handled (empty ones dropped)
             warnings.filterwarnings("ignore", message="Number of distinct clusters")
-            top = _kmeans(self.n_neighborhoods, self.clustering, self.n_init, self.max_iter, self.minibatch_size, int(seeds[0]))
+            top = _kmeans(
+                self.n_neighborhoods, self.clustering, self.n_init, self.max_iter, self.minibatch_size, int(seeds[0])
+            )
             labels = top.fit_predict(logits)
             centers = top.cluster_centers_
             groups, densities, ref_idx, sizes = [], [], [], []
@@ -354,9 +359,7 @@ class ReferenceBank:
                 members = np.flatnonzero(labels == g)
                 sizes.append(len(members))
                 if len(members) == 0:
-                    raise ValueError(
-                        f"neighbourhood {g} is empty (duplicate logits?): use fewer `n_neighborhoods`"
-                    )
+                    raise ValueError(f"neighbourhood {g} is empty (duplicate logits?): use fewer `n_neighborhoods`")
                 m = min(self.n_references, len(members))
                 sub = _kmeans(m, self.clustering, self.n_init, self.max_iter, self.minibatch_size, int(seeds[1 + g]))
                 sub_labels = sub.fit_predict(logits[members])
@@ -378,7 +381,9 @@ class ReferenceBank:
             out = model(*(r.to(device) if device is not None else r for r in references))
         got = out.detach().reshape(out.shape[0], -1).cpu().to(expected_logits.dtype)
         scale = float(expected_logits.abs().max()) if expected_logits.numel() else 1.0
-        if got.shape != expected_logits.shape or not torch.allclose(got, expected_logits, rtol=1e-3, atol=1e-4 * max(scale, 1.0)):
+        if got.shape != expected_logits.shape or not torch.allclose(
+            got, expected_logits, rtol=1e-3, atol=1e-4 * max(scale, 1.0)
+        ):
             raise ValueError(
                 "the references read back from `data` do not reproduce the logits they were selected by: "
                 "`data` must return the same inputs on every read (no random augmentation) and `model` "
@@ -392,7 +397,9 @@ class ReferenceBank:
 
     def check_fitted(self) -> None:
         if not self.is_fitted:
-            raise ValueError("this ReferenceBank is not fitted: call `fit(model, data)` or `ReferenceBank.load(path)` first")
+            raise ValueError(
+                "this ReferenceBank is not fitted: call `fit(model, data)` or `ReferenceBank.load(path)` first"
+            )
 
     @property
     def n_logits(self) -> int:
@@ -501,8 +508,18 @@ class ReferenceBank:
                 f"{path!r} was written by a newer ReferenceBank format (version {version}); this version of "
                 f"captum_paths reads versions up to {_FORMAT_VERSION}: upgrade captum_paths"
             )
-        required = ["n_neighborhoods", "n_references", "centers", "references", "densities", "offsets",
-                    "reference_indices", "neighborhood_sizes", "input_shapes", "sha256"]
+        required = [
+            "n_neighborhoods",
+            "n_references",
+            "centers",
+            "references",
+            "densities",
+            "offsets",
+            "reference_indices",
+            "neighborhood_sizes",
+            "input_shapes",
+            "sha256",
+        ]
         missing = [k for k in required if k not in state]
         if missing:
             raise ValueError(f"{path!r}: missing field(s) {missing}")
@@ -519,8 +536,13 @@ class ReferenceBank:
         centers, densities, offsets = state["centers"], state["densities"], state["offsets"]
         references, ref_idx, sizes = state["references"], state["reference_indices"], state["neighborhood_sizes"]
         shapes = state["input_shapes"]
-        for name, t in (("centers", centers), ("densities", densities), ("offsets", offsets),
-                        ("reference_indices", ref_idx), ("neighborhood_sizes", sizes)):
+        for name, t in (
+            ("centers", centers),
+            ("densities", densities),
+            ("offsets", offsets),
+            ("reference_indices", ref_idx),
+            ("neighborhood_sizes", sizes),
+        ):
             if not isinstance(t, Tensor):
                 raise bad(f"`{name}` must be a tensor, got {type(t).__name__}")
         g = self.n_neighborhoods
@@ -529,17 +551,23 @@ class ReferenceBank:
         if not torch.isfinite(centers).all():
             raise bad("`centers` contain nan or inf")
         if offsets.shape != (g + 1,) or offsets.dtype != torch.long:
-            raise bad(f"`offsets` must be a long tensor of shape ({g + 1},), got {tuple(offsets.shape)} {offsets.dtype}")
+            raise bad(
+                f"`offsets` must be a long tensor of shape ({g + 1},), got {tuple(offsets.shape)} {offsets.dtype}"
+            )
         counts = offsets[1:] - offsets[:-1]
         r = int(offsets[-1])
         if int(offsets[0]) != 0 or bool((counts < 1).any()) or bool((counts > self.n_references).any()):
-            raise bad(f"`offsets` must start at 0 and give between 1 and {self.n_references} references per neighbourhood")
+            raise bad(
+                f"`offsets` must start at 0 and give between 1 and {self.n_references} references per neighbourhood"
+            )
         if densities.shape != (r,) or not densities.dtype.is_floating_point:
             raise bad(f"`densities` must be a float tensor of shape ({r},), got {tuple(densities.shape)}")
         if ref_idx.shape != (r,) or sizes.shape != (g,):
             raise bad(f"`reference_indices` must have shape ({r},) and `neighborhood_sizes` ({g},)")
-        if not isinstance(shapes, list) or not shapes or not all(
-            isinstance(s, list) and all(isinstance(d, int) and d >= 0 for d in s) for s in shapes
+        if (
+            not isinstance(shapes, list)
+            or not shapes
+            or not all(isinstance(s, list) and all(isinstance(d, int) and d >= 0 for d in s) for s in shapes)
         ):
             raise bad("`input_shapes` must be a non-empty list of lists of non-negative ints")
         if not isinstance(references, list) or len(references) != len(shapes):
@@ -567,8 +595,9 @@ class ReferenceBank:
 
     def __repr__(self) -> str:
         fitted = (
-            f", fitted: {int(self.offsets_[-1])} references, inputs {list(self.input_shapes_)}, "
-            f"{self.n_logits} logits" if self.is_fitted else ", not fitted"
+            f", fitted: {int(self.offsets_[-1])} references, inputs {list(self.input_shapes_)}, {self.n_logits} logits"
+            if self.is_fitted
+            else ", not fitted"
         )
         return f"ReferenceBank(n_neighborhoods={self.n_neighborhoods}, n_references={self.n_references}{fitted})"
 

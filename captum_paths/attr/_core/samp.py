@@ -1,4 +1,5 @@
 """SAMP / SAMP++: Salient Manipulation Path attribution (Zhang et al., ICLR 2024)."""
+
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union

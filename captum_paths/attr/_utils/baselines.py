@@ -13,6 +13,7 @@ A baseline specification is one of
 For tuple inputs, pass a tuple with one specification per input tensor, or a single specification for all.
 Random baselines draw from the ``torch.Generator`` the caller passes, so they are reproducible.
 """
+
 import functools
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
@@ -66,9 +67,7 @@ def gaussian_blur(x: Tensor, klen: int = 11, sigma: float = 5.0) -> Tensor:
     dtype and device.
     """
     if not isinstance(x, Tensor) or x.dim() != 4:
-        raise ValueError(
-            f"gaussian_blur expects an (N, C, H, W) tensor, got shape {tuple(getattr(x, 'shape', ()))}"
-        )
+        raise ValueError(f"gaussian_blur expects an (N, C, H, W) tensor, got shape {tuple(getattr(x, 'shape', ()))}")
     kernel = rise_gaussian_kernel(klen, sigma, dtype=x.dtype, device=x.device)
     channels = x.shape[1]
     weight = kernel.expand(channels, 1, klen, klen)
@@ -197,8 +196,7 @@ def _one_baseline(spec: BaselineSpec, x: Tensor, name: str, generator) -> Tensor
             raise TypeError(f"`{name}`: the callable must return a torch.Tensor, got {type(out).__name__}")
     else:
         raise TypeError(
-            f"`{name}` must be None, a number, a string, a Tensor, a Baseline or a callable, "
-            f"got {type(spec).__name__}"
+            f"`{name}` must be None, a number, a string, a Tensor, a Baseline or a callable, got {type(spec).__name__}"
         )
     return _broadcast_to_input(out, x, name)
 
@@ -234,12 +232,8 @@ def resolve_baselines(
         baselines = default
     if isinstance(baselines, tuple):
         if len(baselines) != len(inputs):
-            raise ValueError(
-                f"`{name}` is a tuple of {len(baselines)} but there are {len(inputs)} input tensors"
-            )
+            raise ValueError(f"`{name}` is a tuple of {len(baselines)} but there are {len(inputs)} input tensors")
         specs = baselines
     else:
         specs = (baselines,) * len(inputs)
-    return tuple(
-        _one_baseline(default if s is None else s, x, name, generator) for s, x in zip(specs, inputs)
-    )
+    return tuple(_one_baseline(default if s is None else s, x, name, generator) for s, x in zip(specs, inputs))

@@ -3,11 +3,10 @@
 Captum moves and renames its private helpers between releases; every other module imports them from
 here, so a Captum release that breaks one of them breaks this file only. Supported: Captum 0.7, 0.8, 0.9.
 """
+
 from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
-from torch import Tensor
-
 from captum._utils.common import (  # noqa: F401  (re-exported)
     _expand_additional_forward_args,
     _expand_target,
@@ -19,6 +18,7 @@ from captum._utils.common import (  # noqa: F401  (re-exported)
 )
 from captum._utils.gradient import compute_gradients  # noqa: F401  (re-exported)
 from captum.log import log_usage  # noqa: F401  (re-exported)
+from torch import Tensor
 
 TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
 
@@ -98,8 +98,7 @@ def _target_indices(target: Any) -> list:
     if isinstance(target, list):
         return [t if isinstance(t, tuple) else (t,) for t in target]
     raise TypeError(
-        "`target` must be None, an int, a tuple, a tensor or a list of ints/tuples, "
-        f"got {type(target).__name__}"
+        f"`target` must be None, an int, a tuple, a tensor or a list of ints/tuples, got {type(target).__name__}"
     )
 
 
@@ -119,9 +118,7 @@ def target_scores(output: Tensor, target: Any, n_rows: int) -> Tensor:
             )
         for d, i in enumerate(idx):
             if isinstance(i, int) and not -output.shape[d + 1] <= i < output.shape[d + 1]:
-                raise ValueError(
-                    f"`target` index {i} is out of range for model output of shape {tuple(output.shape)}"
-                )
+                raise ValueError(f"`target` index {i} is out of range for model output of shape {tuple(output.shape)}")
     scores = select_targets(output, target)
     if scores.dim() == 0 or scores.shape[0] != n_rows or scores[0].numel() != 1:
         raise ValueError(

@@ -8,6 +8,7 @@ from 0) overrides the default, e.g. for superpixels.
 Path methods here work on a flat view: every example's tuple of tensors is concatenated into one row
 of ``D`` elements (:func:`flatten_inputs`), and the groups are a ``(N, D)`` long tensor of ids.
 """
+
 from typing import Tuple, Union
 
 import torch
@@ -71,9 +72,7 @@ def feature_groups(
 
     masks = feature_mask if isinstance(feature_mask, tuple) else (feature_mask,)
     if len(masks) != len(inputs):
-        raise ValueError(
-            f"`feature_mask` has {len(masks)} tensor(s) but there are {len(inputs)} input tensors"
-        )
+        raise ValueError(f"`feature_mask` has {len(masks)} tensor(s) but there are {len(inputs)} input tensors")
     expanded = []
     for i, (m, x) in enumerate(zip(masks, inputs)):
         if not isinstance(m, Tensor):
@@ -96,9 +95,7 @@ def feature_groups(
     present[flat.reshape(-1)] = True
     if not bool(present.all()):
         missing = torch.nonzero(~present).reshape(-1)[:5].tolist()
-        raise ValueError(
-            f"`feature_mask` ids must be contiguous from 0 to {n_groups - 1}; missing ids {missing}"
-        )
+        raise ValueError(f"`feature_mask` ids must be contiguous from 0 to {n_groups - 1}; missing ids {missing}")
     return flat, n_groups
 
 

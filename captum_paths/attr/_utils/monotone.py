@@ -23,6 +23,7 @@ monotone projection reads each point's values as one contiguous row. The ``*_tim
 work on that layout (the ones ending in ``_`` overwrite their argument); the public functions take the
 natural ``(..., T, G)`` layout and delegate to them.
 """
+
 import functools
 import math
 from typing import Optional, Tuple

@@ -1,4 +1,5 @@
 """Progress bars (tqdm directly: Captum's wrapper changed its signature in 0.9)."""
+
 from contextlib import contextmanager
 from typing import Iterator, Optional
 

@@ -1,4 +1,5 @@
 """Quadrature weights shared by the path methods."""
+
 import torch
 from torch import Tensor
 

@@ -5,6 +5,7 @@ point, example x perturbation) and forward only some of them at a time. These he
 entries of every Captum target format and of every per-example tensor argument. ``index`` is a slice or
 a long tensor of example indices in ``range(n)`` (repeats allowed, so it can also expand).
 """
+
 from numbers import Integral
 from typing import Any, Optional, Tuple, Union
 

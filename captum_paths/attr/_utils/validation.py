@@ -1,4 +1,5 @@
 """Argument checks shared by the methods and metrics: each raises a clear error naming the argument."""
+
 import math
 from numbers import Integral, Real
 from typing import Any, Optional, Tuple
@@ -51,9 +52,7 @@ def check_probability(value: Any, name: str, low_open: bool = False, high_open: 
 def check_finite_inputs(inputs: Tuple[Tensor, ...], name: str = "inputs") -> None:
     for i, x in enumerate(inputs):
         if not (x.dtype.is_floating_point or x.dtype.is_complex):
-            raise TypeError(
-                f"`{name}`[{i}] must be a floating-point tensor (gradients are taken), got dtype {x.dtype}"
-            )
+            raise TypeError(f"`{name}`[{i}] must be a floating-point tensor (gradients are taken), got dtype {x.dtype}")
         if not torch.isfinite(x).all():
             raise ValueError(f"`{name}`[{i}] contains non-finite values (nan or inf)")
 
@@ -63,9 +62,7 @@ def check_same_batch(inputs: Tuple[Tensor, ...], name: str = "inputs") -> int:
         raise ValueError(f"`{name}` must have a batch dimension (dim 0), got a 0-d tensor")
     n = inputs[0].shape[0]
     if any(x.shape[0] != n for x in inputs):
-        raise ValueError(
-            f"every tensor in `{name}` must have the same batch size, got {[x.shape[0] for x in inputs]}"
-        )
+        raise ValueError(f"every tensor in `{name}` must have the same batch size, got {[x.shape[0] for x in inputs]}")
     return n
 
 

@@ -7,6 +7,7 @@ they come from, so that the cost is the model evaluations and nothing else. Rows
 example they belong to (``row_examples``) and built lazily, chunk by chunk, so memory is bounded by the
 chunk size.
 """
+
 from numbers import Integral, Real
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
@@ -94,9 +95,7 @@ def check_target(target: Any, n: int) -> None:
         if len(target) != n:
             raise ValueError(f"`target` list must have one entry per example ({n}), got {len(target)}")
         return
-    raise TypeError(
-        f"`target` must be None, an int, a tuple, a tensor or a list, got {type(target).__name__}"
-    )
+    raise TypeError(f"`target` must be None, an int, a tuple, a tensor or a list, got {type(target).__name__}")
 
 
 # ------------------------------------------------------------------------------------------------ scores
@@ -224,7 +223,9 @@ def pearson(a: Tensor, b: Tensor, dim: int = -1) -> Tensor:
     b = b - b.mean(dim, keepdim=True)
     num = (a * b).sum(dim)
     den = (a.pow(2).sum(dim) * b.pow(2).sum(dim)).sqrt()
-    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.full_like(den, float("nan")))
+    return torch.where(
+        den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.full_like(den, float("nan"))
+    )
 
 
 def average_ranks(values: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ step. Deletion goes from the input to a substrate (zeros), so a good attribution
 fast (low AUC is good); insertion goes from a substrate (the blurred input) to the input, so a good
 attribution makes the score rise fast (high AUC is good).
 """
+
 import math
 from numbers import Integral, Real
 from typing import Any, Callable, Optional, Tuple, Union

@@ -1,4 +1,5 @@
 """DiffID: the insertion-minus-deletion protocol of Local Path Integration (Yang et al., AAAI 2023)."""
+
 from numbers import Integral
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -148,9 +149,7 @@ def diffid(
     device = detached[0].device
     x_flat = flatten_inputs(detached)
     mean_fill = isinstance(fill, str) and fill == "mean"
-    fill_flat = None if mean_fill else flatten_inputs(
-        resolve_baselines(fill, detached, name="fill", generator=gen)
-    )
+    fill_flat = None if mean_fill else flatten_inputs(resolve_baselines(fill, detached, name="fill", generator=gen))
     # which input tensor each flat element belongs to, for the per-tensor mean of the preserved elements
     sizes = [x[0].numel() for x in detached]
     tensor_of_element = torch.repeat_interleave(

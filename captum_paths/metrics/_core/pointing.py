@@ -1,9 +1,10 @@
 """The pointing game (Zhang, Bargal, Lin, Brandt, Shen, Sclaroff, "Top-down neural attention by
 excitation backprop", ECCV 2016 / IJCV 2018)."""
+
+import math
 from numbers import Real
 from typing import Sequence, Tuple, Union
 
-import math
 import torch
 from torch import Tensor
 
@@ -92,9 +93,7 @@ def pointing_game(
     elif attributions.dim() == 3:
         maps = attributions.detach()
     else:
-        raise ValueError(
-            f"`attributions` must have shape (N, H, W) or (N, C, H, W), got {tuple(attributions.shape)}"
-        )
+        raise ValueError(f"`attributions` must have shape (N, H, W) or (N, C, H, W), got {tuple(attributions.shape)}")
     if isinstance(tolerance, bool) or not isinstance(tolerance, Real) or not math.isfinite(tolerance) or tolerance < 0:
         raise ValueError(f"`tolerance` must be a non-negative number of pixels, got {tolerance!r}")
     if absolute:

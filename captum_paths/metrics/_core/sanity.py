@@ -6,12 +6,13 @@ Both compare the explanations of a damaged copy of the model with those of the o
 explains the model (rather than the image) must produce explanations that drift away as the damage grows.
 The model passed in is never modified: every step works on a deep copy.
 """
+
 import copy
 import inspect
+import math
 from numbers import Real
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-import math
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -91,8 +92,9 @@ def saliency_maps(flat_attr: Tensor, image_shape: Tuple[int, ...]) -> Tensor:
     return maps / torch.where(peak > 0, peak, torch.ones_like(peak))
 
 
-def ssim_of_maps(a: Tensor, b: Tensor, window: int = 7, data_range: float = 1.0,
-                 k1: float = 0.01, k2: float = 0.03) -> Tensor:
+def ssim_of_maps(
+    a: Tensor, b: Tensor, window: int = 7, data_range: float = 1.0, k1: float = 0.01, k2: float = 0.03
+) -> Tensor:
     """Mean structural similarity (Wang et al. 2004) of ``(N, H, W)`` maps: ``(N,)``.
 
     The defaults of ``skimage.metrics.structural_similarity`` (the SSIM Adebayo et al. report): a 7x7
@@ -181,8 +183,17 @@ def _normalise_attribute_fn(attribute_fn: AttributeFn, attribute_kwargs: Dict[st
 class _Evaluator:
     """Runs the attribution method and the model on a model copy, in chunks of examples."""
 
-    def __init__(self, attribute_fn, attribute_kwargs, inputs, target, additional_forward_args, labels,
-                 score, max_examples_per_batch):
+    def __init__(
+        self,
+        attribute_fn,
+        attribute_kwargs,
+        inputs,
+        target,
+        additional_forward_args,
+        labels,
+        score,
+        max_examples_per_batch,
+    ):
         self.inputs = tuple(x.detach() for x in format_inputs(inputs, "inputs"))
         self.is_tuple = isinstance(inputs, tuple)
         self.n = check_same_batch(self.inputs, "inputs")
@@ -261,8 +272,10 @@ def _run_steps(reference_model, evaluator, damaged_models, labels_out, show_prog
             bar.update(1)
     tops_t = torch.stack(tops)
     has_classes = bool((tops_t >= 0).all())
-    agreement = (tops_t == tops_t[:1]).to(torch.float64).mean(1) if has_classes else torch.full(
-        (len(tops),), float("nan"), dtype=torch.float64
+    agreement = (
+        (tops_t == tops_t[:1]).to(torch.float64).mean(1)
+        if has_classes
+        else torch.full((len(tops),), float("nan"), dtype=torch.float64)
     )
     accuracy = None
     if evaluator.labels is not None and has_classes:
@@ -352,13 +365,19 @@ def model_randomization_check(
         raise ValueError("`model` has no parameters to randomise")
     if not (reinit in ("trunc_normal", "reset_parameters") or (callable(reinit) and not isinstance(reinit, str))):
         raise ValueError(f"`reinit` must be 'trunc_normal', 'reset_parameters' or a callable, got {reinit!r}")
-    if isinstance(reinit_std, bool) or not isinstance(reinit_std, Real) or not math.isfinite(reinit_std) or reinit_std <= 0:
+    if (
+        isinstance(reinit_std, bool)
+        or not isinstance(reinit_std, Real)
+        or not math.isfinite(reinit_std)
+        or reinit_std <= 0
+    ):
         raise ValueError(f"`reinit_std` must be a positive number, got {reinit_std!r}")
     if not isinstance(cascading, bool):
         raise TypeError(f"`cascading` must be a bool, got {type(cascading).__name__}")
     gen = check_generator(generator)
-    evaluator = _Evaluator(attribute_fn, attribute_kwargs, inputs, target, additional_forward_args, labels,
-                           score, max_examples_per_batch)
+    evaluator = _Evaluator(
+        attribute_fn, attribute_kwargs, inputs, target, additional_forward_args, labels, score, max_examples_per_batch
+    )
 
     def damaged_models():
         work = copy.deepcopy(model)
@@ -413,8 +432,9 @@ def sigma_perturbation_check(
     if not sigma_list or any(not math.isfinite(s) or s <= 0 for s in sigma_list):
         raise ValueError(f"`sigmas` must be a non-empty sequence of positive numbers, got {sigmas!r}")
     gen = check_generator(generator)
-    evaluator = _Evaluator(attribute_fn, attribute_kwargs, inputs, target, additional_forward_args, labels,
-                           score, max_examples_per_batch)
+    evaluator = _Evaluator(
+        attribute_fn, attribute_kwargs, inputs, target, additional_forward_args, labels, score, max_examples_per_batch
+    )
 
     def noisy_models():
         for t in sigma_list:
@@ -434,4 +454,6 @@ def sigma_perturbation_check(
 
     labels_out = ["original"] + [f"sigma={t:g}" for t in sigma_list]
     values = torch.tensor([0.0] + sigma_list, dtype=torch.float64)
-    return _sanity_check(model, evaluator, target, noisy_models(), labels_out, values, show_progress, "sigma-perturbation")
+    return _sanity_check(
+        model, evaluator, target, noisy_models(), labels_out, values, show_progress, "sigma-perturbation"
+    )

@@ -1,4 +1,5 @@
 """Sensitivity-n (Ancona, Ceolini, Oztireli, Gross, ICLR 2018)."""
+
 from numbers import Integral
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
