@@ -450,9 +450,9 @@ def test_gradient_func_is_swappable(quadratic):
     assert calls == [6]
 
 
-def test_diverging_ascent_warns():
+def test_diverging_ascent_stops_with_an_error_naming_the_example():
     a = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
     model = DiagonalQuadratic(a, torch.zeros_like(a))  # convex: the ascent grows by (1 + lr) a step
     x = torch.ones(1, 2, dtype=torch.float64)
-    with pytest.warns(RuntimeWarning, match="learning_rate"):
+    with pytest.raises(FloatingPointError, match=r"example\(s\) \[0\].*learning rate"):
         GeometricallyGuidedIG(model).attribute(x, target=0, n_steps=1, n_iterations=1100, learning_rate=1.0)

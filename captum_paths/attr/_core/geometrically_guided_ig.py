@@ -1,34 +1,17 @@
 """Geometrically Guided Integrated Gradients (Rahman, Lewis & Plis, 2022)."""
 
 import math
-import warnings
+from dataclasses import dataclass
 from numbers import Real
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, List, Literal, Optional, Tuple, Union, overload
 
 import torch
-from captum.attr import GradientAttribution
 from torch import Tensor
 
-from captum_paths.attr._utils.baselines import resolve_baselines
-from captum_paths.attr._utils.captum_compat import (
-    format_additional_forward_args,
-    format_inputs,
-    format_output,
-    gradients_and_scores,
-    is_tuple,
-    log_usage,
-)
-from captum_paths.attr._utils.progress import chunk_slices, progress_bar
+from captum_paths.attr._core.base import PathAttribution, PathCall, PathOutput
+from captum_paths.attr._utils.captum_compat import TensorOrTuple, log_usage
 from captum_paths.attr._utils.quadrature import trapezoid_weights as trapezoid_rule
-from captum_paths.attr._utils.rows import subset_additional_forward_args, subset_target
-from captum_paths.attr._utils.validation import (
-    check_finite_inputs,
-    check_generator,
-    check_internal_batch_size,
-    check_positive_float,
-    check_positive_int,
-    check_same_batch,
-)
+from captum_paths.attr._utils.validation import check_bool, check_positive_float, check_positive_int
 
 __all__ = [
     "GeometricallyGuidedIG",
@@ -74,7 +57,26 @@ def point_runs(rows: slice, n_examples: int) -> List[Tuple[int, slice, slice]]:
     return runs
 
 
-class GeometricallyGuidedIG(GradientAttribution):
+@dataclass
+class GGIGOptions:
+    """GGIG's knobs (validated on construction); see :meth:`GeometricallyGuidedIG.attribute`."""
+
+    n_steps: int = 50
+    n_iterations: int = 100
+    learning_rate: float = 1e-4
+    reduction: str = "max"
+    tolerance: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        self.n_steps = check_positive_int(self.n_steps, "n_steps")
+        self.n_iterations = check_positive_int(self.n_iterations, "n_iterations")
+        self.learning_rate = check_positive_float(self.learning_rate, "learning_rate")
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {self.reduction!r}")
+        self.tolerance = _check_tolerance(self.tolerance)
+
+
+class GeometricallyGuidedIG(PathAttribution):
     r"""
     Geometrically Guided Integrated Gradients (GGIG) of Rahman, Lewis and Plis,
     "Geometrically Guided Integrated Gradients" (2022; first as "Geometrically Guided Saliency Maps",
@@ -146,18 +148,55 @@ class GeometricallyGuidedIG(GradientAttribution):
             multiply_by_inputs (bool, optional): Whether to multiply the final attribution by
                     ``inputs - baselines`` (a "global" attribution). The paper does not (default False).
         """
-        if not isinstance(multiply_by_inputs, bool):
-            raise TypeError(f"`multiply_by_inputs` must be a bool, got {type(multiply_by_inputs).__name__}")
-        GradientAttribution.__init__(self, forward_func)
-        self._multiply_by_inputs = multiply_by_inputs
+        self._multiply_by_inputs = check_bool(multiply_by_inputs, "multiply_by_inputs")
+        super().__init__(forward_func)
+
+    @overload
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        baselines: Any = None,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        *,
+        n_steps: int = 50,
+        n_iterations: int = 100,
+        learning_rate: float = 1e-4,
+        reduction: str = "max",
+        tolerance: Optional[float] = None,
+        internal_batch_size: Optional[int] = None,
+        return_convergence_delta: Literal[False] = False,
+        generator: Union[None, int, torch.Generator] = None,
+        show_progress: bool = False,
+    ) -> TensorOrTuple: ...
+
+    @overload
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        baselines: Any = None,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        *,
+        n_steps: int = 50,
+        n_iterations: int = 100,
+        learning_rate: float = 1e-4,
+        reduction: str = "max",
+        tolerance: Optional[float] = None,
+        internal_batch_size: Optional[int] = None,
+        return_convergence_delta: Literal[True],
+        generator: Union[None, int, torch.Generator] = None,
+        show_progress: bool = False,
+    ) -> Tuple[TensorOrTuple, Tensor]: ...
 
     @log_usage()
     def attribute(
         self,
-        inputs: Union[Tensor, Tuple[Tensor, ...]],
+        inputs: TensorOrTuple,
         baselines: Any = None,
         target: Any = None,
         additional_forward_args: Any = None,
+        *,
         n_steps: int = 50,
         n_iterations: int = 100,
         learning_rate: float = 1e-4,
@@ -165,9 +204,9 @@ class GeometricallyGuidedIG(GradientAttribution):
         tolerance: Optional[float] = None,
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: bool = False,
-        show_progress: bool = False,
         generator: Union[None, int, torch.Generator] = None,
-    ) -> Union[Tensor, Tuple[Tensor, ...], Tuple[Union[Tensor, Tuple[Tensor, ...]], Tensor]]:
+        show_progress: bool = False,
+    ) -> Union[TensorOrTuple, Tuple[TensorOrTuple, Tensor]]:
         r"""
         Args:
 
@@ -235,206 +274,107 @@ class GeometricallyGuidedIG(GradientAttribution):
             >>> attr = ggig.attribute(images, target=labels, n_steps=50, n_iterations=100,
             ...                       learning_rate=1e-4, internal_batch_size=512)
         """
-        is_inputs_tuple = is_tuple(inputs)
-        inputs_tuple = format_inputs(inputs, "inputs")
-        check_finite_inputs(inputs_tuple, "inputs")
-        n_examples = check_same_batch(inputs_tuple, "inputs")
-        n_steps = check_positive_int(n_steps, "n_steps")
-        n_iterations = check_positive_int(n_iterations, "n_iterations")
-        learning_rate = check_positive_float(learning_rate, "learning_rate")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}")
-        tolerance = _check_tolerance(tolerance)
-        internal_batch_size = check_internal_batch_size(internal_batch_size)
-        if not isinstance(return_convergence_delta, bool):
-            raise TypeError(f"`return_convergence_delta` must be a bool, got {return_convergence_delta!r}")
-        generator = check_generator(generator)
-        _check_target(target, n_examples)
-        additional_forward_args = format_additional_forward_args(additional_forward_args)
-        _check_additional_args(additional_forward_args, n_examples)
-        baselines_tuple = resolve_baselines(baselines, inputs_tuple, default="zeros", generator=generator)
-
-        with torch.no_grad():  # the inputs and baselines are data: never part of a user's graph
-            inputs_tuple = tuple(x.detach() for x in inputs_tuple)
-            baselines_tuple = tuple(b.detach() for b in baselines_tuple)
-
-        attributions, start_scores, end_scores = self._path_ascent(
-            inputs_tuple,
-            baselines_tuple,
+        options = GGIGOptions(n_steps, n_iterations, learning_rate, reduction, tolerance)
+        return self._attribute(
+            inputs,
+            baselines,
             target,
             additional_forward_args,
-            n_steps,
-            n_iterations,
-            learning_rate,
-            reduction,
-            tolerance,
-            internal_batch_size,
-            show_progress,
+            options,
+            internal_batch_size=internal_batch_size,
+            return_convergence_delta=return_convergence_delta,
+            generator=generator,
+            show_progress=show_progress,
         )
-        if not all(bool(torch.isfinite(a).all()) for a in attributions):
-            warnings.warn(
-                "GeometricallyGuidedIG: some attributions are not finite: the gradient ascent diverged "
-                f"(learning_rate={learning_rate:g} is too large for this model) or the model's gradient is "
-                "not finite",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        if self._multiply_by_inputs:
-            attributions = tuple(a * (x - b) for a, x, b in zip(attributions, inputs_tuple, baselines_tuple))
-        output = format_output(is_inputs_tuple, attributions)
-        if not return_convergence_delta:
-            return output
-        total = sum(a.reshape(n_examples, -1).sum(dim=1) for a in attributions)
-        delta = total - (end_scores.to(total.dtype) - start_scores.to(total.dtype))
-        return output, delta
 
-    def _path_ascent(
-        self,
-        inputs: Tuple[Tensor, ...],
-        baselines: Tuple[Tensor, ...],
-        target: Any,
-        additional_forward_args: Optional[Tuple],
-        n_steps: int,
-        n_iterations: int,
-        learning_rate: float,
-        reduction: str,
-        tolerance: Optional[float],
-        internal_batch_size: Optional[int],
-        show_progress: bool,
-    ) -> Tuple[Tuple[Tensor, ...], Tensor, Tensor]:
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return self._multiply_by_inputs
+
+    def _expected_passes(self, call: PathCall, options: GGIGOptions) -> int:
+        return call.n_examples * (options.n_steps + 1) * options.n_iterations
+
+    def _path(self, call: PathCall, options: GGIGOptions) -> PathOutput:
         """Run the ascent from every point, chunk by chunk; fold each chunk into the per-example result.
 
-        Row ``r`` of the virtual ``N * (n + 1)`` batch is example ``r % N`` at point ``r // N``
-        (Captum's repeat order). Returns the attributions (before any multiplication by the inputs)
-        and the target scores at the baseline and at the input, shape ``(N,)`` each.
+        Row ``r`` of the virtual ``N * (n + 1)`` batch is example ``r % N`` at point ``r // N`` (Captum's
+        repeat order). The target scores at the baseline and at the input come from the first pass at the
+        end points, at no extra cost.
         """
-        n_examples = inputs[0].shape[0]
+        inputs, baselines = call.inputs, call.baselines
+        n_examples, n_steps = call.n_examples, options.n_steps
         device = inputs[0].device
-        n_rows = n_examples * (n_steps + 1)
-        if reduction == "max":
+        if options.reduction == "max":
             result = tuple(torch.full_like(x, -math.inf) for x in inputs)
         else:
             result = tuple(torch.zeros_like(x) for x in inputs)
             weights = trapezoid_weights(n_steps).tolist()  # python floats: no device sync in the loop
         alphas = tuple(interpolation_alphas(n_steps, dtype=x.dtype, device=x.device) for x in inputs)
         start_scores = torch.full((n_examples,), math.nan, dtype=inputs[0].dtype, device=device)
-        end_scores = torch.full((n_examples,), math.nan, dtype=inputs[0].dtype, device=device)
-
-        with progress_bar(show_progress, total=n_rows * n_iterations, desc="GGIG", unit="grad") as bar:
-            for rows in chunk_slices(n_rows, internal_batch_size):
-                row_index = torch.arange(rows.start, rows.stop, device=device)
-                example_index = row_index % n_examples
-                point_index = row_index // n_examples
-                points = tuple(
-                    torch.lerp(
-                        b.index_select(0, example_index),
-                        x.index_select(0, example_index),
-                        a.index_select(0, point_index).reshape((-1,) + (1,) * (x.dim() - 1)),
-                    )
-                    for x, b, a in zip(inputs, baselines, alphas)
+        end_scores = torch.full_like(start_scores, math.nan)
+        for rows in call.row_chunks(n_examples * (n_steps + 1)):
+            row_index = torch.arange(rows.start, rows.stop, device=device)
+            example_index, point_index = row_index % n_examples, row_index // n_examples
+            points = tuple(
+                torch.lerp(
+                    b.index_select(0, example_index),
+                    x.index_select(0, example_index),
+                    a.index_select(0, point_index).reshape((-1,) + (1,) * (x.dim() - 1)),
                 )
-                row_max, first_scores = self._ascend_chunk(
-                    points,
-                    example_index,
-                    target,
-                    additional_forward_args,
-                    n_examples,
-                    n_iterations,
-                    learning_rate,
-                    tolerance,
-                    bar,
-                )
-                at_start, at_end = point_index == 0, point_index == n_steps
-                start_scores[example_index[at_start]] = first_scores[at_start].to(start_scores.dtype)
-                end_scores[example_index[at_end]] = first_scores[at_end].to(end_scores.dtype)
-                # fold the chunk in, one run of consecutive rows per point (a contiguous example range)
-                for point, chunk_rows, examples in point_runs(rows, n_examples):
-                    for acc, rmax in zip(result, row_max):
-                        view = acc[examples]
-                        if reduction == "max":
-                            torch.maximum(view, rmax[chunk_rows], out=view)
-                        else:
-                            view.add_(rmax[chunk_rows], alpha=weights[point])
-        return result, start_scores, end_scores
+                for x, b, a in zip(inputs, baselines, alphas)
+            )
+            row_max, first_scores = self._ascend_chunk(call, points, example_index, options)
+            at_start, at_end = point_index == 0, point_index == n_steps
+            start_scores[example_index[at_start]] = first_scores[at_start].to(start_scores.dtype)
+            end_scores[example_index[at_end]] = first_scores[at_end].to(end_scores.dtype)
+            # fold the chunk in, one run of consecutive rows per point (a contiguous example range)
+            for point, chunk_rows, examples in point_runs(rows, n_examples):
+                for acc, rmax in zip(result, row_max):
+                    view = acc[examples]
+                    if options.reduction == "max":
+                        torch.maximum(view, rmax[chunk_rows], out=view)
+                    else:
+                        view.add_(rmax[chunk_rows], alpha=weights[point])
+        if self._multiply_by_inputs:
+            result = tuple(a * (x - b) for a, x, b in zip(result, inputs, baselines))
+        return PathOutput(result, end_scores - start_scores)
 
     def _ascend_chunk(
-        self,
-        points: Tuple[Tensor, ...],
-        example_index: Tensor,
-        target: Any,
-        additional_forward_args: Optional[Tuple],
-        n_examples: int,
-        n_iterations: int,
-        learning_rate: float,
-        tolerance: Optional[float],
-        bar: Any,
+        self, call: PathCall, points: Tuple[Tensor, ...], example_index: Tensor, options: GGIGOptions
     ) -> Tuple[Tuple[Tensor, ...], Tensor]:
         """``m`` ascent steps of a chunk of points (updated in place); running max of their gradients.
 
-        Returns the per-row maximum over the iterations (one tensor per input, the points' shapes) and
-        the target scores of the first pass, shape ``(rows,)``.
+        Returns the per-row maximum over the iterations (one tensor per input, the points' shapes) and the
+        target scores of the first pass, shape ``(rows,)``. Rows whose gradient norm fell to ``tolerance``
+        stop climbing: the later passes run on the active rows only.
         """
-        n_rows = points[0].shape[0]
-        chunk_target = subset_target(target, example_index, n_examples)
-        chunk_args = subset_additional_forward_args(additional_forward_args, example_index, n_examples)
+        n_rows, m = points[0].shape[0], options.n_iterations
         active: Optional[Tensor] = None  # None: every row of the chunk still climbs
-        row_max: Tuple[Tensor, ...] = ()
-        first_scores = None
-        for iteration in range(n_iterations):
-            if active is None:
-                current = tuple(p.requires_grad_() for p in points)
-                grads, scores = gradients_and_scores(
-                    self.gradient_func, self.forward_func, current, chunk_target, chunk_args
-                )
-                with torch.no_grad():
-                    if iteration == 0:
-                        row_max, first_scores = grads, scores
-                    else:
-                        for m, g in zip(row_max, grads):
-                            torch.maximum(m, g, out=m)
-                    for p, g in zip(points, grads):
-                        p.add_(g, alpha=learning_rate)
-                bar.update(n_rows)
-            else:
-                active_examples = example_index.index_select(0, active)
-                with torch.no_grad():
-                    current = tuple(p.index_select(0, active) for p in points)
-                current = tuple(c.requires_grad_() for c in current)
-                grads, _ = gradients_and_scores(
-                    self.gradient_func,
-                    self.forward_func,
-                    current,
-                    subset_target(target, active_examples, n_examples),
-                    subset_additional_forward_args(additional_forward_args, active_examples, n_examples),
-                )
-                with torch.no_grad():
-                    for m, g in zip(row_max, grads):
-                        m.index_copy_(0, active, torch.maximum(m.index_select(0, active), g))
-                    for p, c, g in zip(points, current, grads):
-                        p.index_copy_(0, active, c.detach() + learning_rate * g)
-                bar.update(int(active.numel()))
-            if tolerance is None or iteration == n_iterations - 1:
-                continue
-            with torch.no_grad():
+        row_max, first_scores = call.gradients(points, example_index)
+        for p, g in zip(points, row_max):
+            p.add_(g, alpha=options.learning_rate)
+        grads = row_max
+        for iteration in range(1, m + 1):
+            if options.tolerance is not None and iteration < m:
                 norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).pow(2).sum(dim=1) for g in grads))
-                still = norms > tolerance
-                n_stopped = int(still.numel() - still.sum())
-                if n_stopped == 0:
-                    continue
-                bar.update(n_stopped * (n_iterations - iteration - 1))  # the gradients they skip
-                active = (torch.arange(n_rows, device=norms.device) if active is None else active)[still]
-                if active.numel() == 0:
-                    break
-        for p in points:
-            p.requires_grad_(False)
+                still = norms > options.tolerance
+                if not bool(still.all()):
+                    call.bar.update(int(still.numel() - still.sum()) * (m - iteration))  # the passes they skip
+                    active = (torch.arange(n_rows, device=norms.device) if active is None else active)[still]
+            if iteration == m or (active is not None and active.numel() == 0):
+                break
+            if active is None:
+                grads, _ = call.gradients(points, example_index)
+                for mx, p, g in zip(row_max, points, grads):
+                    torch.maximum(mx, g, out=mx)
+                    p.add_(g, alpha=options.learning_rate)
+            else:
+                current = tuple(p.index_select(0, active) for p in points)
+                grads, _ = call.gradients(current, example_index.index_select(0, active))
+                for mx, p, c, g in zip(row_max, points, current, grads):
+                    mx.index_copy_(0, active, torch.maximum(mx.index_select(0, active), g))
+                    p.index_copy_(0, active, c.add_(g, alpha=options.learning_rate))
         return row_max, first_scores
-
-    def has_convergence_delta(self) -> bool:
-        return True
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
 
 
 def _check_tolerance(tolerance: Any) -> Optional[float]:
@@ -443,28 +383,3 @@ def _check_tolerance(tolerance: Any) -> Optional[float]:
     if isinstance(tolerance, bool) or not isinstance(tolerance, Real) or not math.isfinite(tolerance) or tolerance < 0:
         raise ValueError(f"`tolerance` must be None or a finite number >= 0, got {tolerance!r}")
     return float(tolerance)
-
-
-def _check_target(target: Any, n_examples: int) -> None:
-    """Per-example targets must have one entry per example (shared targets are checked at the forward)."""
-    if isinstance(target, list) and len(target) != n_examples:
-        raise ValueError(f"`target` is a list of {len(target)} entries but there are {n_examples} examples")
-    if isinstance(target, Tensor):
-        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-            raise TypeError(f"`target` tensor must hold integer indices, got dtype {target.dtype}")
-        if target.numel() > 1 and (target.dim() != 1 or target.numel() != n_examples):
-            raise ValueError(
-                f"`target` tensor must have one element or shape ({n_examples},) (one per example), "
-                f"got shape {tuple(target.shape)}"
-            )
-
-
-def _check_additional_args(additional_forward_args: Optional[Tuple], n_examples: int) -> None:
-    if additional_forward_args is None:
-        return
-    for i, a in enumerate(additional_forward_args):
-        if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] != n_examples:
-            raise ValueError(
-                f"`additional_forward_args`[{i}] is a tensor with {a.shape[0]} rows but there are "
-                f"{n_examples} examples: tensor arguments need one row per example"
-            )

@@ -119,6 +119,9 @@ def target_scores(output: Tensor, target: Any, n_rows: int) -> Tensor:
         for d, i in enumerate(idx):
             if isinstance(i, int) and not -output.shape[d + 1] <= i < output.shape[d + 1]:
                 raise ValueError(f"`target` index {i} is out of range for model output of shape {tuple(output.shape)}")
+    if isinstance(target, Tensor) and target.numel() > 0 and output.dim() > 1 and bool((target < 0).any()):
+        # negative indices count from the end, as they do for an int target
+        target = torch.where(target < 0, target + output.shape[1], target)
     scores = select_targets(output, target)
     if scores.dim() == 0 or scores.shape[0] != n_rows or scores[0].numel() != 1:
         raise ValueError(
@@ -163,6 +166,11 @@ def gradients_and_scores(
 
     def summed_target_score(*args):
         scores = target_scores(forward_func(*args), target, n_rows)
+        if not scores.requires_grad:
+            raise ValueError(
+                "the forward function's scores do not depend on its inputs through autograd (does it detach "
+                "its input, convert it to numpy, or run under torch.no_grad()?): gradients cannot be taken"
+            )
         recorded.append(scores.detach())
         return scores.sum().reshape(1)
 

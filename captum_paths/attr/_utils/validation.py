@@ -16,6 +16,9 @@ __all__ = [
     "check_same_batch",
     "check_internal_batch_size",
     "check_generator",
+    "check_bool",
+    "check_target",
+    "check_additional_forward_args",
 ]
 
 
@@ -51,8 +54,10 @@ def check_probability(value: Any, name: str, low_open: bool = False, high_open: 
 
 def check_finite_inputs(inputs: Tuple[Tensor, ...], name: str = "inputs") -> None:
     for i, x in enumerate(inputs):
-        if not (x.dtype.is_floating_point or x.dtype.is_complex):
-            raise TypeError(f"`{name}`[{i}] must be a floating-point tensor (gradients are taken), got dtype {x.dtype}")
+        if not x.dtype.is_floating_point:
+            raise TypeError(
+                f"`{name}`[{i}] must be a real floating-point tensor (gradients are taken), got dtype {x.dtype}"
+            )
         if not torch.isfinite(x).all():
             raise ValueError(f"`{name}`[{i}] contains non-finite values (nan or inf)")
 
@@ -77,3 +82,61 @@ def check_generator(generator: Any, name: str = "generator") -> Optional[torch.G
     if isinstance(generator, Integral) and not isinstance(generator, bool):
         return torch.Generator().manual_seed(int(generator))
     raise TypeError(f"`{name}` must be None, an int seed or a torch.Generator, got {type(generator).__name__}")
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """A real ``bool`` (``"no"`` or ``0`` would silently mean something else)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _check_tensor_target(target: Tensor, n_examples: int) -> None:
+    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+        raise TypeError(f"`target` tensor must hold integer indices, got dtype {target.dtype}")
+    if target.numel() > 1 and (target.dim() not in (1, 2) or target.shape[0] != n_examples):
+        raise ValueError(
+            f"`target` tensor must have one element or one row per example (shape ({n_examples},)), "
+            f"got shape {tuple(target.shape)}"
+        )
+
+
+def check_target(target: Any, n_examples: int) -> None:
+    """Every Captum target format, checked against the batch size (indices are checked at the first pass).
+
+    ``None``; an int; a tuple of ints (one index per output dimension); a tensor of integer indices with one
+    element or one row per example; a list of ``n_examples`` ints or tuples of ints.
+    """
+    if target is None or _is_int(target):
+        return
+    if isinstance(target, tuple):
+        if not all(_is_int(t) for t in target):
+            raise TypeError(f"`target` as a tuple must hold ints (one index per output dimension), got {target!r}")
+    elif isinstance(target, Tensor):
+        _check_tensor_target(target, n_examples)
+    elif isinstance(target, list):
+        if len(target) != n_examples:
+            raise ValueError(f"`target` is a list of {len(target)} entries but there are {n_examples} examples")
+        for t in target:
+            if not (_is_int(t) or (isinstance(t, tuple) and all(_is_int(i) for i in t))):
+                raise TypeError(f"`target` list entries must be ints or tuples of ints, got {t!r}")
+    else:
+        raise TypeError(
+            f"`target` must be None, an int, a tuple, an integer tensor or a list, got {type(target).__name__}"
+        )
+
+
+def check_additional_forward_args(additional_forward_args: Optional[Tuple], n_examples: int) -> None:
+    """Tensor arguments with a batch dimension must have one row per example (others are shared)."""
+    if additional_forward_args is None:
+        return
+    for i, a in enumerate(additional_forward_args):
+        if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] != n_examples:
+            raise ValueError(
+                f"`additional_forward_args`[{i}] is a tensor with {a.shape[0]} rows but there are "
+                f"{n_examples} examples: tensor arguments need one row per example (or no batch dimension)"
+            )
