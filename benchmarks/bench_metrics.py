@@ -16,7 +16,7 @@ import time
 import torch
 from captum.attr import Saliency
 
-from captum_paths.attr._utils.baselines import gaussian_blur
+from captum_paths.baselines import gaussian_blur
 from captum_paths.benchmark.data import load_digits_images
 from captum_paths.benchmark.models import SmallDigitsCNN, accuracy, train_classifier
 from captum_paths.metrics import deletion, insertion

@@ -1,9 +1,9 @@
 """Path-choice attribution methods, drop-in beside ``captum.attr.IntegratedGradients``."""
 
-from captum_paths.attr._utils.baselines import (  # noqa: F401
+from captum_paths.baselines import (  # noqa: F401  (re-exported)
     Baseline,
+    Blur,
     Constant,
-    GaussianBlur,
     GaussianNoise,
     Mean,
     Uniform,
@@ -14,7 +14,7 @@ from captum_paths.attr._utils.baselines import (  # noqa: F401
 __all__ = [
     "Baseline",
     "Constant",
-    "GaussianBlur",
+    "Blur",
     "GaussianNoise",
     "Mean",
     "Uniform",

@@ -94,10 +94,10 @@ def unavailable_reason(spec: MethodSpec) -> Optional[str]:
 
 def _samp_builder(eta: Optional[float], momentum: Optional[float]):
     def build(model: nn.Module, ctx: MethodContext) -> Explain:
-        from captum_paths import GaussianBlur, SampAttribution
+        from captum_paths import Blur, SampAttribution
 
         samp = SampAttribution(model)
-        blur = GaussianBlur(*ctx.blur)
+        blur = Blur(*ctx.blur)
 
         def explain(x: Tensor, target: Tensor) -> Tensor:
             return samp.attribute(
@@ -158,10 +158,10 @@ def _ggig_build(n_steps: int, n_iterations: int, learning_rate: float):
 
 def _ablation_build(params: Dict[str, Any]):
     def build(model: nn.Module, ctx: MethodContext) -> Explain:
-        from captum_paths import AblationPath, GaussianBlur
+        from captum_paths import AblationPath, Blur
 
         ablation = AblationPath(model)
-        blur = GaussianBlur(*ctx.blur)
+        blur = Blur(*ctx.blur)
 
         def explain(x: Tensor, target: Tensor) -> Tensor:
             return ablation.attribute(x, baselines=blur, target=target, **params)

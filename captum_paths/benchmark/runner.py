@@ -283,7 +283,7 @@ def protocols_for(image_size: int, n_features: int) -> Dict[str, Any]:
             "normalize": True,
             "step": 224 * 8 if large else 10,
             "deletion_substrate": "zeros",
-            "insertion_substrate": f"GaussianBlur(klen={blur[0]}, sigma={blur[1]})",
+            "insertion_substrate": f"Blur(klen={blur[0]}, sigma={blur[1]})",
         },
         "rise": {
             "paper": "Petsiuk et al. 2018 (RISE)",
@@ -292,7 +292,7 @@ def protocols_for(image_size: int, n_features: int) -> Dict[str, Any]:
             "normalize": False,
             "step": image_size,
             "deletion_substrate": "zeros",
-            "insertion_substrate": "GaussianBlur(klen=11, sigma=5.0)",
+            "insertion_substrate": "Blur(klen=11, sigma=5.0)",
         },
         "diffid": {
             "paper": "Yang et al. 2023 (LPI)",
@@ -314,12 +314,12 @@ def protocols_for(image_size: int, n_features: int) -> Dict[str, Any]:
 
 
 def _metrics_for(model, x, attr, target, protocols, batch_size):
-    from captum_paths import GaussianBlur
+    from captum_paths import Blur
     from captum_paths.metrics import deletion, diffid, insertion
 
     samp_p, rise_p = protocols["samp"], protocols["rise"]
-    blur = GaussianBlur(*protocols["blur"])
-    rise_blur = GaussianBlur(11, 5.0)
+    blur = Blur(*protocols["blur"])
+    rise_blur = Blur(11, 5.0)
     out = {}
     kw = dict(target=target, max_examples_per_batch=batch_size * 8)
     sd, sdc, fr_sd = deletion(

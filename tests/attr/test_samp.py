@@ -5,9 +5,9 @@ import torch
 import torch.nn as nn
 from captum.attr import NoiseTunnel
 
-from captum_paths import GaussianBlur, SampAttribution
+from captum_paths import Blur, SampAttribution
 from captum_paths.attr._core.samp import select_salient_groups
-from captum_paths.attr._utils.baselines import gaussian_blur
+from captum_paths.baselines import gaussian_blur
 
 
 def linear_model(weight):
@@ -69,7 +69,7 @@ def test_linear_model_with_baseline_tensor_and_custom_blur(linear_setup):
     w, x = linear_setup
     baseline = torch.full((3, 6, 6), 0.3, dtype=torch.float64)
     attr = SampAttribution(linear_model(w)).attribute(
-        x, baselines=baseline, insertion_start=GaussianBlur(3, 1.0), step_size=0.1
+        x, baselines=baseline, insertion_start=Blur(3, 1.0), step_size=0.1
     )
     torch.testing.assert_close(attr, w * (x - 0.3) + w * (x - gaussian_blur(x, 3, 1.0)), rtol=0, atol=1e-12)
 

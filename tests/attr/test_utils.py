@@ -3,9 +3,14 @@ import pytest
 import torch
 from captum._utils.common import _expand_additional_forward_args, _expand_target
 
-from captum_paths.attr._utils.baselines import (
+from captum_paths.attr._utils.captum_compat import gradients_and_scores, target_scores
+from captum_paths.attr._utils.features import feature_groups, flatten_inputs, group_sum, unflatten_inputs
+from captum_paths.attr._utils.progress import chunk_slices
+from captum_paths.attr._utils.rows import subset_additional_forward_args, subset_target
+from captum_paths.attr._utils.validation import check_generator
+from captum_paths.baselines import (
+    Blur,
     Constant,
-    GaussianBlur,
     GaussianNoise,
     Mean,
     Uniform,
@@ -13,11 +18,6 @@ from captum_paths.attr._utils.baselines import (
     resolve_baselines,
     rise_gaussian_kernel,
 )
-from captum_paths.attr._utils.captum_compat import gradients_and_scores, target_scores
-from captum_paths.attr._utils.features import feature_groups, flatten_inputs, group_sum, unflatten_inputs
-from captum_paths.attr._utils.progress import chunk_slices
-from captum_paths.attr._utils.rows import subset_additional_forward_args, subset_target
-from captum_paths.attr._utils.validation import check_generator
 
 # ------------------------------------------------------------------------------------- blur
 
@@ -85,7 +85,7 @@ def test_resolve_baselines_forms():
     torch.testing.assert_close(mean[:, :, 0, 0], x.mean((2, 3)))
     (blur,) = resolve_baselines("blur", (x,))
     torch.testing.assert_close(blur, gaussian_blur(x, 11, 5.0))
-    (custom,) = resolve_baselines(GaussianBlur(3, 1.0), (x,))
+    (custom,) = resolve_baselines(Blur(3, 1.0), (x,))
     torch.testing.assert_close(custom, gaussian_blur(x, 3, 1.0))
     (fn,) = resolve_baselines(lambda t: t * 2, (x,))
     torch.testing.assert_close(fn, x * 2)
@@ -128,7 +128,7 @@ def test_baseline_parameter_checks():
         GaussianNoise(0.0)
     with pytest.raises(ValueError, match="value"):
         Constant(float("inf"))
-    assert Mean() == Mean() and GaussianBlur(3, 1) == GaussianBlur(3, 1.0) and GaussianBlur(3, 1) != GaussianBlur(5, 1)
+    assert Mean() == Mean() and Blur(3, 1) == Blur(3, 1.0) and Blur(3, 1) != Blur(5, 1)
 
 
 # ------------------------------------------------------------------------------------- features

@@ -9,7 +9,7 @@ import torch
 from metric_models import LinearClasses, LinearScore, TwoInputLinear, small_cnn
 from scipy.ndimage import gaussian_filter
 
-from captum_paths.attr import GaussianBlur
+from captum_paths.attr import Blur
 from captum_paths.metrics import deletion, insertion
 from captum_paths.metrics._core.causal import features_per_step
 
@@ -226,7 +226,7 @@ def test_callable_score_and_custom_substrates():
     torch.testing.assert_close(curves[:, -1], model(torch.ones_like(x)).detach()[:, 0].expand(3))
     _, curves_t, _ = deletion(model, x, oracle, substrate=torch.ones(x.shape[1:], dtype=x.dtype), return_curves=True)
     torch.testing.assert_close(curves_t, curves)
-    blur = insertion(model, x, oracle, substrate=GaussianBlur(5, 1.0), return_curves=True)[1]
+    blur = insertion(model, x, oracle, substrate=Blur(5, 1.0), return_curves=True)[1]
     assert blur.shape == (3, 17)
 
 

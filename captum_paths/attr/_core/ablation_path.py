@@ -9,7 +9,6 @@ import torch
 from captum.attr import GradientAttribution
 from torch import Tensor
 
-from captum_paths.attr._utils.baselines import GaussianBlur, resolve_baselines
 from captum_paths.attr._utils.captum_compat import (
     TensorOrTuple,
     format_additional_forward_args,
@@ -41,6 +40,7 @@ from captum_paths.attr._utils.validation import (
     check_probability,
     check_same_batch,
 )
+from captum_paths.baselines import Blur, resolve_baselines
 
 __all__ = ["AblationPath", "AblationPathResult"]
 
@@ -251,7 +251,7 @@ class AblationPath(GradientAttribution):
                 shapes need a ``feature_mask`` saying which elements form one feature.
             baselines: the path's end point. ``None`` (default): the input blurred with RISE's kernel
                 (klen 11, sigma 5), as in the paper. Any specification of
-                :func:`captum_paths.attr._utils.baselines.resolve_baselines`: a number, a tensor
+                :func:`captum_paths.baselines.resolve_baselines`: a number, a tensor
                 broadcastable to the input, ``"zeros"``, ``"blur"``, a Baseline object, a callable.
             target (int, tuple, Tensor or list): Captum's target formats; ``None`` for a model with one
                 output per example.
@@ -330,7 +330,7 @@ class AblationPath(GradientAttribution):
                 "grid to filter on"
             )
         generator = check_generator(generator)
-        baselines = resolve_baselines(baselines, inputs, default=GaussianBlur(), generator=generator)
+        baselines = resolve_baselines(baselines, inputs, default=Blur(), generator=generator)
         additional_forward_args = format_additional_forward_args(additional_forward_args)
         group_ids, n_groups = feature_groups(inputs, feature_mask)
 

@@ -24,7 +24,6 @@ import torch
 from captum.attr import GradientAttribution
 from torch import Tensor
 
-from captum_paths.attr._utils.baselines import BaselineSpec, resolve_baselines
 from captum_paths.attr._utils.captum_compat import (
     TensorOrTuple,
     format_additional_forward_args,
@@ -46,6 +45,7 @@ from captum_paths.attr._utils.validation import (
     check_same_batch,
     check_target,
 )
+from captum_paths.baselines import BaselineSpec, resolve_baselines
 
 __all__ = ["PathAttribution", "PathCall", "PathOutput", "PathResult", "LARGE_CALL_PASSES"]
 

@@ -216,7 +216,7 @@ class GeometricallyGuidedIG(PathAttribution):
                     (zeros, as the paper), a number, a tensor of the input's shape, of shape
                     ``(1, ...)`` or of the per-example shape, a name (``"zeros"``, ``"mean"``,
                     ``"uniform"``, ``"gaussian"``, ``"blur"``), a
-                    :class:`~captum_paths.attr._utils.baselines.Baseline` object or a callable of
+                    :class:`~captum_paths.baselines.Baseline` object or a callable of
                     the input tensor; for tuple inputs, one such specification or a tuple of them.
             target (int, tuple, Tensor or list, optional): Output index whose score is climbed and
                     differentiated, in any Captum format: ``None`` for a model with one output per

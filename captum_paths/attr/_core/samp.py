@@ -8,7 +8,6 @@ import torch
 from captum.attr import GradientAttribution
 from torch import Tensor
 
-from captum_paths.attr._utils.baselines import GaussianBlur, resolve_baselines
 from captum_paths.attr._utils.captum_compat import (
     TensorOrTuple,
     expand_additional_forward_args,
@@ -32,6 +31,7 @@ from captum_paths.attr._utils.validation import (
     check_probability,
     check_same_batch,
 )
+from captum_paths.baselines import Blur, resolve_baselines
 
 __all__ = ["SampAttribution", "SampPath", "select_salient_groups"]
 
@@ -128,7 +128,7 @@ class SampAttribution(GradientAttribution):
     Defaults are **SAMP++** (IC with ``eta=0.1`` i.e. ten fragments, MS with ``momentum=0.5``, both
     directions, ``s=10`` pixels per step as in the paper's MNIST/CIFAR-10 runs). Plain **SAMP** is
     ``eta=None, momentum=None``. The paper's ImageNet setting is ``step_size=224 * 16`` with blur
-    ``GaussianBlur(31, 5)``; its ablations use ``eta=1/50``.
+    ``Blur(31, 5)``; its ablations use ``eta=1/50``.
 
     Where we differ from the authors' reference code (zbr17/ExplainAttr, ``sam.py``):
 
@@ -177,7 +177,7 @@ class SampAttribution(GradientAttribution):
             inputs (Tensor or tuple[Tensor, ...]): input(s) for which attributions are computed, each of
                 shape ``(N, ...)`` with the same ``N``. 4-D tensors are treated as ``(N, C, H, W)`` images.
             baselines (scalar, str, Tensor, Baseline, callable or tuple of these, optional): the end point
-                of the deletion path, one per input tensor (see :mod:`captum_paths.attr._utils.baselines`).
+                of the deletion path, one per input tensor (see :mod:`captum_paths.baselines`).
                 Tensors may have the input's shape, its per-example shape or a broadcastable one.
                 Default: zeros.
             target (int, tuple, Tensor or list, optional): output index(es) to explain, in any Captum
@@ -199,7 +199,7 @@ class SampAttribution(GradientAttribution):
                 Default: ``"both"``.
             insertion_start (baseline specification, optional): the start of the insertion path, any
                 form ``baselines`` accepts. Default: ``"blur"``, RISE's Gaussian blur with kernel 11 and
-                sigma 5 (``GaussianBlur(klen, sigma)`` sets them).
+                sigma 5 (``Blur(klen, sigma)`` sets them).
             internal_batch_size (int, optional): at most this many paths (example x direction) run and
                 are forwarded together; the rest wait for the next chunk. Default: all at once.
             max_steps (int, optional): stop every path after this many steps even if unfinished (for a
@@ -252,9 +252,7 @@ class SampAttribution(GradientAttribution):
             starts.append(x_flat)
             ends.append(flatten_inputs(deletion_end))
         if "insertion" in directions:
-            insertion_begin = resolve_baselines(
-                insertion_start, inputs, GaussianBlur(11, 5.0), "insertion_start", generator
-            )
+            insertion_begin = resolve_baselines(insertion_start, inputs, Blur(11, 5.0), "insertion_start", generator)
             starts.append(flatten_inputs(insertion_begin))
             ends.append(x_flat)
         n_dirs = len(directions)

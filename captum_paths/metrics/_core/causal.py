@@ -14,9 +14,9 @@ from typing import Any, Callable, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from captum_paths.attr._utils.baselines import resolve_baselines
 from captum_paths.attr._utils.features import flatten_inputs, unflatten_inputs
 from captum_paths.attr._utils.validation import check_generator
+from captum_paths.baselines import resolve_baselines
 from captum_paths.metrics._core._common import (
     ScoreSpec,
     TensorOrTuple,
@@ -189,8 +189,8 @@ def deletion(
         step (int or float): features moved per step (int), or a fraction of the features (float in
             (0, 1], rounded to the nearest count, at least 1). Default: 1.
         substrate: the finish image: any baseline specification of
-            :func:`captum_paths.attr._utils.baselines.resolve_baselines` (``"zeros"``, ``"blur"``,
-            ``"mean"``, ``GaussianBlur(11, 5)``, a number, a tensor, or a callable of the input).
+            :func:`captum_paths.baselines.resolve_baselines` (``"zeros"``, ``"blur"``,
+            ``"mean"``, ``Blur(11, 5)``, a number, a tensor, or a callable of the input).
             Default: ``"zeros"`` (RISE).
         score (str or Callable): ``"logit"`` (raw output of the target), ``"softmax"`` (softmax over dim
             1, probability of the target) or a callable ``(output, target) -> (rows,)``. Default:
@@ -252,17 +252,17 @@ def insertion(
     r"""Insertion metric (RISE's causal metric, ``mode='ins'``): higher is better.
 
     The mirror of :func:`deletion`: the start image is the substrate ``b`` (default: the input blurred
-    with RISE's kernel, ``GaussianBlur(klen=11, sigma=5)``) and the finish image is the input, so step
+    with RISE's kernel, ``Blur(klen=11, sigma=5)``) and the finish image is the input, so step
     ``k`` holds ``x^{(k)} = b \odot (1 - m_k) + x \odot m_k`` with ``m_k`` the top ``min(k s, G)``
     features. The last point is the unperturbed input.
 
     **Reproducing RISE exactly**: ``insertion(model, x, attr, target=model(x).argmax(1), step=224,
     substrate="blur", score="softmax", auc="trapezoid", normalize=False)`` (``"blur"`` is RISE's
-    ``gkern(11, 5)`` with zero padding, see :class:`~captum_paths.attr.GaussianBlur`).
+    ``gkern(11, 5)`` with zero padding, see :class:`~captum_paths.attr.Blur`).
 
     **Reproducing the SAMP paper**: ``insertion(model, x, attr, target=predicted_class, step=10,
     substrate="blur", score="logit", auc="mean", normalize=True)`` (the curve is divided by the logit of
-    the unperturbed input, i.e. its last point; SAMP's ImageNet runs use ``GaussianBlur(31, 5)``).
+    the unperturbed input, i.e. its last point; SAMP's ImageNet runs use ``Blur(31, 5)``).
 
     Args: as :func:`deletion`; ``substrate`` (the start image) defaults to ``"blur"``, which needs
     ``(N, C, H, W)`` inputs. ``normalize`` divides by the last point ``c_K`` (the input's score).

@@ -1,13 +1,14 @@
-"""Baselines (path end points) and the RISE-identical Gaussian blur.
+"""Baseline specifications: the path end points every captum_paths method and metric accepts.
 
-A baseline specification is one of
+Wherever an argument takes a baseline (``baselines`` of the methods, SAMP's ``insertion_start``, the metrics'
+``substrate`` / ``baselines``), a specification is one of
 
 * ``None``: the method's default;
 * an ``int`` / ``float``: a constant image;
 * a ``torch.Tensor`` broadcastable to the input (``(N, ...)``, ``(1, ...)`` or the per-example shape);
 * a string: ``"zeros"``, ``"mean"``, ``"uniform"``, ``"gaussian"``, ``"blur"`` (each with its defaults);
 * a :class:`Baseline` object (``Zeros()``, ``Constant(v)``, ``Mean()``, ``Uniform(low, high)``,
-  ``GaussianNoise(std)``, ``GaussianBlur(klen, sigma)``) to set the parameters;
+  ``GaussianNoise(std)``, ``Blur(klen, sigma)``) to set the parameters;
 * a callable taking the input tensor and returning a tensor broadcastable to it.
 
 For tuple inputs, pass a tuple with one specification per input tensor, or a single specification for all.
@@ -29,7 +30,7 @@ __all__ = [
     "Mean",
     "Uniform",
     "GaussianNoise",
-    "GaussianBlur",
+    "Blur",
     "rise_gaussian_kernel",
     "gaussian_blur",
     "resolve_baselines",
@@ -147,7 +148,7 @@ class GaussianNoise(Baseline):
         return x + self.std * noise.to(x.device)
 
 
-class GaussianBlur(Baseline):
+class Blur(Baseline):
     """The input blurred with RISE's kernel (see :func:`gaussian_blur`). Needs ``(N, C, H, W)`` inputs."""
 
     def __init__(self, klen: int = 11, sigma: float = 5.0):
@@ -164,7 +165,7 @@ _NAMED = {
     "mean": Mean,
     "uniform": Uniform,
     "gaussian": GaussianNoise,
-    "blur": GaussianBlur,
+    "blur": Blur,
 }
 
 BaselineSpec = Union[None, int, float, str, Tensor, Baseline, Callable[[Tensor], Tensor]]
@@ -186,6 +187,11 @@ def _one_baseline(spec: BaselineSpec, x: Tensor, name: str, generator) -> Tensor
         if not np.isfinite(spec):
             raise ValueError(f"`{name}` must be finite, got {spec!r}")
         return torch.full_like(x, float(spec))
+    if isinstance(spec, Blur) and x.dim() != 4:
+        raise ValueError(
+            f"`{name}`: the blur baseline needs (N, C, H, W) images, got an input of shape {tuple(x.shape)}; "
+            "pass a number, a tensor or 'zeros' instead"
+        )
     if isinstance(spec, Baseline):
         out = spec(x, generator)
     elif isinstance(spec, Tensor):
