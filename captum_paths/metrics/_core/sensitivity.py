@@ -6,11 +6,11 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from captum_paths.attr._utils.baselines import resolve_baselines
 from captum_paths.attr._utils.captum_compat import format_additional_forward_args, run_forward
 from captum_paths.attr._utils.features import flatten_inputs, unflatten_inputs
 from captum_paths.attr._utils.progress import chunk_slices, progress_bar
 from captum_paths.attr._utils.validation import check_generator, check_positive_int
+from captum_paths.baselines import resolve_baselines
 from captum_paths.metrics._core._common import (
     TensorOrTuple,
     check_target,
@@ -21,7 +21,7 @@ from captum_paths.metrics._core._common import (
     score_function,
 )
 
-__all__ = ["sensitivity_n", "random_subsets"]
+__all__ = ["sensitivity_n", "random_subsets", "subset_sums_and_drops"]
 
 
 def random_subsets(
@@ -36,6 +36,73 @@ def random_subsets(
     keys = torch.rand((n_examples, n_subsets, n_features), generator=generator, device=gen_device).to(device)
     chosen = keys.topk(size, dim=-1, largest=False).indices
     return torch.zeros(keys.shape, dtype=torch.bool, device=device).scatter_(-1, chosen, True)
+
+
+def subset_sums_and_drops(
+    forward_func: Callable,
+    inputs: Tuple[Tensor, ...],
+    group_attr: Tensor,
+    ids: Tensor,
+    baseline_flat: Tensor,
+    draw: Callable[[int, int], Tensor],
+    n_subsets: int,
+    target: Any,
+    additional_forward_args: Any,
+    score_fn: Callable[[Tensor, Any, int], Tensor],
+    max_examples_per_batch: Optional[int],
+    show_progress: bool = False,
+    desc: str = "",
+) -> Tuple[Tensor, Tensor]:
+    r"""The two sides of every subset correlation (Sensitivity-n, mu-fidelity): ``(sums, drops)``, each
+    ``(N, S)``.
+
+    ``sums[i, s] = \sum_{g \in S_{is}} group_attr[i, g]`` and ``drops[i, s] = f_t(x_i) - f_t(x_i[S_{is} :=
+    b_i])``, where ``draw(start, stop)`` returns the ``(stop - start, S, G)`` bool membership of the
+    subsets of examples ``start..stop-1`` (called block by block, in order, so a generator's draws do not
+    depend on the chunking), ``ids`` ``(N, D)`` maps every element to its group and ``baseline_flat``
+    ``(N, D)`` holds the values a removed element takes. Examples are handled in blocks of at most
+    ``2**24`` membership flags; the perturbed rows are forwarded in chunks of ``max_examples_per_batch``.
+    Cost: ``N + N S`` model rows. ``N = 0`` returns empty tensors without calling the model.
+    """
+    n_ex, n_groups = group_attr.shape
+    device = inputs[0].device
+    if n_ex == 0:
+        empty = torch.empty(0, n_subsets, dtype=group_attr.dtype, device=device)
+        return empty, empty.clone()
+    x_flat = flatten_inputs(inputs)
+    with torch.no_grad():  # the unperturbed scores, checked for a valid target before the big passes
+        afa = format_additional_forward_args(additional_forward_args)
+        input_scores = score_fn(run_forward(forward_func, inputs, None, afa), target, n_ex)
+    sums = torch.empty(n_ex, n_subsets, dtype=input_scores.dtype, device=device)
+    drops = torch.empty_like(sums)
+    blocks = chunk_slices(n_ex, max(1, (1 << 24) // max(1, n_subsets * n_groups)))
+    with progress_bar(show_progress and len(blocks) > 1, total=len(blocks), desc=desc) as bar:
+        for blk in blocks:
+            members = draw(blk.start, blk.stop)
+            sums[blk] = (group_attr[blk].unsqueeze(1) * members.to(group_attr.dtype)).sum(-1).to(sums.dtype)
+
+            def make_rows(rows: Tensor, members=members, start=blk.start) -> Tuple[Tensor, ...]:
+                local = rows // n_subsets
+                example = local + start
+                off = members[local, rows % n_subsets].gather(1, ids[example])
+                return unflatten_inputs(torch.where(off, baseline_flat[example], x_flat[example]), inputs)
+
+            examples = torch.arange(blk.start, blk.stop, device=device)
+            perturbed = evaluate_rows(
+                forward_func,
+                make_rows,
+                examples.repeat_interleave(n_subsets),
+                n_ex,
+                target,
+                additional_forward_args,
+                score_fn,
+                max_examples_per_batch,
+                show_progress and len(blocks) == 1,
+                desc=desc,
+            ).reshape(len(examples), n_subsets)
+            drops[blk] = input_scores[blk].unsqueeze(1) - perturbed
+            bar.update(1)
+    return sums, drops
 
 
 def _subset_sizes(n: Union[int, Sequence[int]], n_groups: int) -> Tuple[List[int], bool]:
@@ -122,52 +189,31 @@ def sensitivity_n(
     detached = tuple(x.detach() for x in inputs_t)
     device = detached[0].device
     baseline_flat = flatten_inputs(resolve_baselines(baselines, detached, name="baselines", generator=gen))
-    x_flat = flatten_inputs(detached)
     group_attr = group_attributions(flat_attr, ids, n_groups)
 
-    # the unperturbed scores: N rows of the model, checked for a valid target before the big passes
-    with torch.no_grad():
-        afa = format_additional_forward_args(additional_forward_args)
-        input_scores = score_fn(run_forward(forward_func, detached, None, afa), target, n_ex)
-
     n_sizes = len(sizes)
-    result = torch.empty(n_ex, n_sizes, dtype=input_scores.dtype, device=device)
-    # Subsets are drawn example by example, size by size (so the draws do not depend on the chunking),
-    # and held for a block of examples at a time: at most ~2**24 membership flags, whatever N is.
-    block = max(1, (1 << 24) // (n_sizes * n_subsets * n_groups))
-    blocks = chunk_slices(n_ex, block)
-    per_example = n_sizes * n_subsets
-    with progress_bar(show_progress and len(blocks) > 1, total=len(blocks), desc="sensitivity-n") as bar:
-        for blk in blocks:
-            examples = torch.arange(blk.start, blk.stop, device=device)
-            members = torch.stack(
-                [
-                    random_subsets(1, n_subsets, n_groups, size, gen, device)[0]
-                    for _ in range(len(examples))
-                    for size in sizes
-                ]
-            ).reshape(len(examples), n_sizes, n_subsets, n_groups)
-            subset_attr = (group_attr[blk].reshape(-1, 1, 1, n_groups) * members.to(group_attr.dtype)).sum(-1)
 
-            def make_rows(rows: Tensor, members=members, start=blk.start) -> Tuple[Tensor, ...]:
-                local, rest = rows // per_example, rows % per_example
-                example = local + start
-                off = members[local, rest // n_subsets, rest % n_subsets].gather(1, ids[example])
-                return unflatten_inputs(torch.where(off, baseline_flat[example], x_flat[example]), detached)
+    def draw(start: int, stop: int) -> Tensor:
+        # example by example, size by size: the draws do not depend on the chunking
+        members = [
+            random_subsets(1, n_subsets, n_groups, size, gen, device)[0] for _ in range(stop - start) for size in sizes
+        ]
+        return torch.stack(members).reshape(stop - start, n_sizes * n_subsets, n_groups)
 
-            perturbed = evaluate_rows(
-                forward_func,
-                make_rows,
-                examples.repeat_interleave(per_example),
-                n_ex,
-                target,
-                additional_forward_args,
-                score_fn,
-                max_examples_per_batch,
-                show_progress and len(blocks) == 1,
-                desc="sensitivity-n",
-            ).reshape(len(examples), n_sizes, n_subsets)
-            drops = input_scores[blk].reshape(-1, 1, 1) - perturbed
-            result[blk] = pearson(subset_attr.to(drops.dtype), drops)
-            bar.update(1)
+    sums, drops = subset_sums_and_drops(
+        forward_func,
+        detached,
+        group_attr,
+        ids,
+        baseline_flat,
+        draw,
+        n_sizes * n_subsets,
+        target,
+        additional_forward_args,
+        score_fn,
+        max_examples_per_batch,
+        show_progress,
+        desc="sensitivity-n",
+    )
+    result = pearson(sums.reshape(n_ex, n_sizes, n_subsets), drops.reshape(n_ex, n_sizes, n_subsets))
     return result[:, 0] if single else result
