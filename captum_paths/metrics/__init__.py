@@ -5,7 +5,8 @@
 * :func:`sensitivity_n`: Ancona et al.'s Sensitivity-n;
 * :func:`pointing_game`: Zhang et al.'s pointing game;
 * :func:`model_randomization_check`, :func:`sigma_perturbation_check`: sanity checks of a method;
-* :func:`mu_fidelity`: Bhatt et al.'s mu-fidelity (faithfulness correlation).
+* :func:`mu_fidelity`: Bhatt et al.'s mu-fidelity (faithfulness correlation);
+* :func:`map_input_similarity`: the GGIG paper's map-versus-input similarities (its Table 1).
 
 :func:`mu_fidelity` (Bhatt, Weller, Moura, IJCAI 2020): per example, the correlation over random feature
 subsets between the sum of their attributions and the output drop when they are set to a baseline (1 for
@@ -13,6 +14,13 @@ the exact attribution ``w (x - b)`` of a linear model). Defaults: Pearson, fixed
 of the features, 100 subsets, zeros baseline; its docstring gives the arguments that reproduce Quantus's
 ``FaithfulnessCorrelation`` (equal given the same subsets, which ``subsets=`` passes) and Xplique's
 ``MuFidelity`` (9x9 grid, Bernoulli 20 %, Spearman, nan -> 0). Cost: ``N (1 + S)`` model rows.
+
+:func:`map_input_similarity` (Rahman, Lewis, Plis, GGIG, Table 1): how much each map looks like its input,
+after the GGIG code's rescaling (input ``(clip(x, -1, 1) + 1) / 2``, map ``a / max(a)``): Spearman rank
+correlation, weighted Jaccard, skimage-default SSIM (7x7 uniform window, ``data_range`` 2 as the authors'
+skimage inferred it) and the normalised reverse MSE ``1 - MSE / max MSE`` (pass ``max_mse`` to pool the
+maximum over several methods, as the authors did); one pure function per measure in
+``captum_paths.metrics._core.similarity``. No model passes.
 """
 
 from captum_paths.metrics._core.causal import deletion, insertion
@@ -25,6 +33,7 @@ from captum_paths.metrics._core.sanity import (
     sigma_perturbation_check,
 )
 from captum_paths.metrics._core.sensitivity import sensitivity_n
+from captum_paths.metrics._core.similarity import map_input_similarity
 
 __all__ = [
     "deletion",
@@ -33,6 +42,7 @@ __all__ = [
     "DiffIDResult",
     "sensitivity_n",
     "mu_fidelity",
+    "map_input_similarity",
     "pointing_game",
     "model_randomization_check",
     "sigma_perturbation_check",
