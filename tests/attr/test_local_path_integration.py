@@ -221,7 +221,7 @@ def test_tuple_inputs_closed_form(x64):
         a1, (inputs[0] - bank.references_[0][hood]) * model.a.weight[:, 4].detach().reshape(1, 1, 16, 16)
     )
     assert torch.allclose(a2, (inputs[1] - bank.references_[1][hood]) * model.b.weight[:, 4].detach())
-    with pytest.raises(ValueError, match="holds 2 input"):
+    with pytest.raises(ValueError, match="fitted on 2 input"):
         LocalPathIntegration(model, bank).attribute(inputs[0], target=4)
 
 

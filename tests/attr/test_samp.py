@@ -59,7 +59,7 @@ def test_linear_model_gives_weight_times_displacement(linear_setup, eta, momentu
     }
     for direction, want in expected.items():
         attr, delta = samp.attribute(
-            x, direction=direction, eta=eta, momentum=momentum, step_size=5, return_convergence_delta=True
+            x, direction=direction, eta=eta, momentum=momentum, features_per_step=5, return_convergence_delta=True
         )
         torch.testing.assert_close(attr, want, rtol=0, atol=1e-12)
         assert delta.abs().max() < 1e-10
@@ -69,7 +69,7 @@ def test_linear_model_with_baseline_tensor_and_custom_blur(linear_setup):
     w, x = linear_setup
     baseline = torch.full((3, 6, 6), 0.3, dtype=torch.float64)
     attr = SampAttribution(linear_model(w)).attribute(
-        x, baselines=baseline, insertion_start=Blur(3, 1.0), step_size=0.1
+        x, baselines=baseline, insertion_start=Blur(3, 1.0), features_per_step=0.1
     )
     torch.testing.assert_close(attr, w * (x - 0.3) + w * (x - gaussian_blur(x, 3, 1.0)), rtol=0, atol=1e-12)
 
@@ -85,7 +85,7 @@ def test_tuple_inputs_and_additional_forward_args(linear_setup):
         return s * ((a * w).flatten(1).sum(1) + (b * v).sum(1)) + offset
 
     attr_x, attr_z = SampAttribution(forward).attribute(
-        (x, z), additional_forward_args=(scale, 3.0), direction="deletion", step_size=4
+        (x, z), additional_forward_args=(scale, 3.0), direction="deletion", features_per_step=4
     )
     torch.testing.assert_close(attr_x, scale.view(-1, 1, 1, 1) * w * x, rtol=0, atol=1e-12)
     torch.testing.assert_close(attr_z, scale.view(-1, 1) * v * z, rtol=0, atol=1e-12)
@@ -105,7 +105,7 @@ def test_completeness_on_smooth_cnn_shrinks_with_eta():
     difference = (2 * out_x - out_base - out_blur).abs()
     errors = []
     for eta in (0.1, 0.01):
-        attr, delta = samp.attribute(x, target=1, eta=eta, momentum=None, step_size=4, return_convergence_delta=True)
+        attr, delta = samp.attribute(x, target=1, eta=eta, momentum=None, features_per_step=4, return_convergence_delta=True)
         # the delta is exactly sum(attr) - expected output difference
         torch.testing.assert_close(delta, attr.sum((1, 2, 3)) - (2 * out_x - out_base - out_blur))
         errors.append(float((delta.abs() / difference).mean()))
@@ -141,7 +141,7 @@ def test_select_salient_groups():
 def test_first_step_moves_the_most_salient_pixels(linear_setup, direction):
     w, x = linear_setup
     s = 5
-    attr = SampAttribution(linear_model(w)).attribute(x, direction=direction, step_size=s, eta=None, max_steps=1)
+    attr = SampAttribution(linear_model(w)).attribute(x, direction=direction, features_per_step=s, eta=None, max_steps=1)
     # deletion: projection w * (0 - x), most negative first; insertion: w * (x - blur), largest first
     displacement = x if direction == "deletion" else x - gaussian_blur(x, 11, 5.0)
     saliency = (w * displacement).sum(1).flatten(1)
@@ -155,7 +155,7 @@ def test_feature_mask_moves_superpixels_together(linear_setup):
     w, x = linear_setup
     mask = (torch.arange(6).view(-1, 1) // 3 * 2 + torch.arange(6).view(1, -1) // 3).expand(1, 1, 6, 6)
     attr = SampAttribution(linear_model(w)).attribute(
-        x, feature_mask=mask, direction="deletion", step_size=1, eta=None, max_steps=1
+        x, feature_mask=mask, direction="deletion", features_per_step=1, eta=None, max_steps=1
     )
     group_scores = torch.stack([(w * x * (mask == k)).flatten(1).sum(1) for k in range(4)], 1)
     best = group_scores.argmax(1)
@@ -239,7 +239,7 @@ def test_nothing_is_mutated(digits, digits_cnn):
     x = digits.x_test[:2].clone()
     x_before = x.clone()
     params_before = {k: v.clone() for k, v in model.state_dict().items()}
-    SampAttribution(model).attribute(x, target=digits.y_test[:2], step_size=40)
+    SampAttribution(model).attribute(x, target=digits.y_test[:2], features_per_step=40)
     assert torch.equal(x, x_before) and not x.requires_grad
     assert model.training
     for k, v in model.state_dict().items():
@@ -255,8 +255,8 @@ def test_nothing_is_mutated(digits, digits_cnn):
     [
         (dict(baselines=torch.zeros(2, 3, 5, 5)), ValueError, "baselines"),
         (dict(insertion_start=torch.zeros(1, 2, 6, 6)), ValueError, "insertion_start"),
-        (dict(step_size=0), ValueError, "step_size"),
-        (dict(step_size=1.5), ValueError, "step_size"),
+        (dict(features_per_step=0), ValueError, "features_per_step"),
+        (dict(features_per_step=1.5), ValueError, "features_per_step"),
         (dict(eta=0.0), ValueError, "eta"),
         (dict(eta=-0.1), ValueError, "eta"),
         (dict(momentum=1.0), ValueError, "momentum"),

@@ -1,39 +1,18 @@
 """Local Path Integration (Yang, Akhtar, Wen, Mian: "Local Path Integration for Attribution", AAAI 2023)."""
 
+from dataclasses import dataclass
 from numbers import Real
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, List, Literal, Optional, Tuple, Union, overload
 
 import torch
-from captum.attr import GradientAttribution
 from torch import Tensor
 
+from captum_paths.attr._core.base import PathAttribution, PathCall, PathOutput
 from captum_paths.attr._core.reference_bank import ReferenceBank
-from captum_paths.attr._utils.captum_compat import (
-    expand_additional_forward_args,
-    expand_target,
-    format_additional_forward_args,
-    format_inputs,
-    format_output,
-    forward_scores,
-    gradients_and_scores,
-    is_tuple,
-    log_usage,
-    run_forward,
-    target_scores,
-)
-from captum_paths.attr._utils.progress import progress_bar
-from captum_paths.attr._utils.rows import subset_additional_forward_args, subset_target
-from captum_paths.attr._utils.validation import (
-    check_finite_inputs,
-    check_generator,
-    check_internal_batch_size,
-    check_positive_int,
-    check_same_batch,
-)
+from captum_paths.attr._utils.captum_compat import TensorOrTuple, log_usage, run_forward, target_scores
+from captum_paths.attr._utils.validation import check_positive_int
 
 __all__ = ["LocalPathIntegration"]
-
-TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
 
 
 # ---------------------------------------------------------------------------------------- pure maths
@@ -90,7 +69,31 @@ def interpolate(starts: Tensor, inputs: Tensor, alphas: Tensor) -> Tuple[Tensor,
     return points, spans
 
 
-class LocalPathIntegration(GradientAttribution):
+@dataclass
+class LPIOptions:
+    """LPI's knobs (validated on construction); see :meth:`LocalPathIntegration.attribute`."""
+
+    n_samples: int = 20
+    n_alphas: int = 1
+    alpha_range: Tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        self.n_samples = check_positive_int(self.n_samples, "n_samples")
+        self.n_alphas = check_positive_int(self.n_alphas, "n_alphas")
+        self.alpha_range = _check_alpha_range(self.alpha_range)
+
+
+@dataclass
+class _Draws:
+    """The Monte Carlo draws of one call: ``(N, S * A)`` reference ids and alphas, and the references."""
+
+    references: Tuple[Tensor, ...]
+    ref_ids: Tensor
+    alphas: Tensor
+    input_scores: Optional[Tensor]
+
+
+class LocalPathIntegration(PathAttribution):
     r"""Local Path Integration (LPI): expected gradients over references from the input's neighbourhood.
 
     Yang, Akhtar, Wen, Mian, "Local Path Integration for Attribution", AAAI 2023. A fitted
@@ -130,20 +133,56 @@ class LocalPathIntegration(GradientAttribution):
         reference_bank (ReferenceBank): a fitted (or loaded) bank for this model and input shapes.
     """
 
-    def __init__(self, forward_func: Callable, reference_bank: ReferenceBank) -> None:
-        if not isinstance(reference_bank, ReferenceBank):
+    def __init__(self, forward_func: Callable, reference_bank: Optional[ReferenceBank] = None) -> None:
+        if reference_bank is not None and not isinstance(reference_bank, ReferenceBank):
             raise TypeError(
-                f"`reference_bank` must be a captum_paths.ReferenceBank, got {type(reference_bank).__name__}"
+                f"`reference_bank` must be a captum_paths.ReferenceBank or None, got {type(reference_bank).__name__}"
             )
-        GradientAttribution.__init__(self, forward_func)
+        super().__init__(forward_func)
         self.reference_bank = reference_bank
+
+    @overload
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        baselines: Union[None, Tensor, Tuple[Tensor, ...]] = None,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        *,
+        n_samples: int = 20,
+        n_alphas: int = 1,
+        alpha_range: Tuple[float, float] = (0.0, 1.0),
+        internal_batch_size: Optional[int] = None,
+        return_convergence_delta: Literal[False] = False,
+        generator: Union[None, int, torch.Generator] = None,
+        show_progress: bool = False,
+    ) -> TensorOrTuple: ...
+
+    @overload
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        baselines: Union[None, Tensor, Tuple[Tensor, ...]] = None,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        *,
+        n_samples: int = 20,
+        n_alphas: int = 1,
+        alpha_range: Tuple[float, float] = (0.0, 1.0),
+        internal_batch_size: Optional[int] = None,
+        return_convergence_delta: Literal[True],
+        generator: Union[None, int, torch.Generator] = None,
+        show_progress: bool = False,
+    ) -> Tuple[TensorOrTuple, Tensor]: ...
 
     @log_usage()
     def attribute(
         self,
         inputs: TensorOrTuple,
+        baselines: Union[None, Tensor, Tuple[Tensor, ...]] = None,
         target: Any = None,
         additional_forward_args: Any = None,
+        *,
         n_samples: int = 20,
         n_alphas: int = 1,
         alpha_range: Tuple[float, float] = (0.0, 1.0),
@@ -157,6 +196,11 @@ class LocalPathIntegration(GradientAttribution):
         Args:
             inputs (Tensor or tuple of Tensor): ``(N, ...)`` inputs to explain; a tuple when the model
                 (and the bank) take several inputs. Per-example shapes must equal the bank's.
+            baselines (Tensor or tuple of Tensor, optional): ``None`` (default): references drawn from the
+                ``reference_bank`` in the input's neighbourhood (LPI). A tensor ``(R, ...)`` (or a tuple, one
+                per input; a single per-example-shaped tensor is one reference): ``R`` references shared by
+                every example, drawn uniformly instead of from the bank (expected gradients over them, as
+                Captum's ``GradientShap`` treats its baselines).
             target (int, tuple, Tensor or list, optional): the output to explain, any Captum format
                 (``None`` for models with one output per example; an int; a tuple index; a tensor or
                 list with one entry per example).
@@ -179,72 +223,97 @@ class LocalPathIntegration(GradientAttribution):
             attributions (Tensor or tuple of Tensor) in the shape of ``inputs``, and ``delta`` ``(N,)`` if
             ``return_convergence_delta``.
         """
-        is_inputs_tuple = is_tuple(inputs)
-        inputs_tpl = format_inputs(inputs, "inputs")
-        check_finite_inputs(inputs_tpl, "inputs")
-        n = check_same_batch(inputs_tpl, "inputs")
-        bank = self.reference_bank
-        bank.check_fitted()
-        self._check_shapes(inputs_tpl, bank)
-        n_samples = check_positive_int(n_samples, "n_samples")
-        n_alphas = check_positive_int(n_alphas, "n_alphas")
-        alpha_range = self._check_alpha_range(alpha_range)
-        internal_batch_size = check_internal_batch_size(internal_batch_size)
-        generator = check_generator(generator)
-        if not isinstance(return_convergence_delta, bool):
-            raise TypeError(f"`return_convergence_delta` must be a bool, got {type(return_convergence_delta).__name__}")
-        afa = format_additional_forward_args(additional_forward_args)
-
-        with torch.no_grad():
-            # the input's own forward pass: places it in a neighbourhood and validates `target`
-            output = run_forward(self.forward_func, inputs_tpl, None, afa)
-            input_scores = target_scores(output, target, n)
-            neighborhoods = bank.neighborhoods(output.detach()).cpu()
-
-        probabilities, reference_rows = bank.reference_probabilities()
-        ref_ids, alphas = draw_references_and_alphas(
-            neighborhoods, probabilities, reference_rows, n_samples, n_alphas, alpha_range, generator
+        options = LPIOptions(n_samples, n_alphas, alpha_range)
+        return self._attribute(
+            inputs,
+            baselines,
+            target,
+            additional_forward_args,
+            options,
+            internal_batch_size=internal_batch_size,
+            return_convergence_delta=return_convergence_delta,
+            generator=generator,
+            show_progress=show_progress,
         )
-        references = tuple(r.to(device=x.device, dtype=x.dtype) for r, x in zip(bank.references_, inputs_tpl))
-        totals = self._integrate(
-            inputs_tpl, references, ref_ids, alphas, target, afa, internal_batch_size, show_progress
-        )
-        n_draws = n_samples * n_alphas
-        attributions = tuple(t / n_draws for t in totals)
-        result = format_output(is_inputs_tuple, attributions)
-        if not return_convergence_delta:
-            return result
-        drawn = ref_ids[:, ::n_alphas]  # (N, n_samples): one entry per reference drawn
-        reference_scores = self._reference_scores(inputs_tpl, references, drawn, target, afa, internal_batch_size)
-        attribution_sums = sum(a.reshape(n, -1).sum(1) for a in attributions)
-        delta = attribution_sums - (input_scores - reference_scores.mean(1)).to(attribution_sums.dtype)
-        return result, delta
 
-    # ------------------------------------------------------------------------------ internals
-    @staticmethod
-    def _check_shapes(inputs: Tuple[Tensor, ...], bank: ReferenceBank) -> None:
-        if len(inputs) != len(bank.input_shapes_):
-            raise ValueError(
-                f"`inputs` has {len(inputs)} tensor(s) but the reference bank holds {len(bank.input_shapes_)} "
-                "input(s) per reference"
-            )
-        for i, (x, shape) in enumerate(zip(inputs, bank.input_shapes_)):
-            if tuple(x.shape[1:]) != tuple(shape):
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return True
+
+    # ------------------------------------------------------------------------------ the path
+    def _resolve_baselines(self, baselines, inputs, generator) -> Optional[Tuple[Tensor, ...]]:
+        """``None``: the bank (checked here, before any pass); else ``(R, ...)`` references per input."""
+        if baselines is None:
+            if self.reference_bank is None:
                 raise ValueError(
-                    f"`inputs`[{i}] has per-example shape {tuple(x.shape[1:])} but the reference bank was "
-                    f"fitted on inputs of shape {tuple(shape)}"
+                    "`baselines` is None and this LocalPathIntegration has no `reference_bank`: pass a fitted "
+                    "ReferenceBank to the constructor, or reference tensors as `baselines`"
                 )
+            self.reference_bank.check_fitted()
+            _check_shapes(inputs, self.reference_bank.input_shapes_, "the reference bank was fitted on")
+            return None
+        refs = baselines if isinstance(baselines, tuple) else (baselines,)
+        if len(refs) != len(inputs) or not all(isinstance(r, Tensor) for r in refs):
+            raise TypeError(
+                f"`baselines` must be None, a tensor or a tuple of {len(inputs)} tensor(s) (references), "
+                f"got {type(baselines).__name__}"
+            )
+        refs = tuple(r.unsqueeze(0) if r.dim() == x.dim() - 1 else r for r, x in zip(refs, inputs))
+        _check_shapes(inputs, [tuple(r.shape[1:]) for r in refs], "`baselines` (references) have")
+        if len({r.shape[0] for r in refs}) != 1 or refs[0].shape[0] == 0:
+            raise ValueError(f"`baselines` must hold the same number (>= 1) of references per input, got {refs}")
+        if not all(bool(torch.isfinite(r).all()) for r in refs):
+            raise ValueError("`baselines` contains non-finite values")
+        return tuple(r.detach().to(device=x.device, dtype=x.dtype) for r, x in zip(refs, inputs))
 
-    @staticmethod
-    def _check_alpha_range(alpha_range: Any) -> Tuple[float, float]:
-        if (
-            not isinstance(alpha_range, (tuple, list))
-            or len(alpha_range) != 2
-            or not all(isinstance(a, Real) and not isinstance(a, bool) for a in alpha_range)
-            or not 0.0 <= alpha_range[0] <= alpha_range[1] <= 1.0
-        ):
-            raise ValueError(f"`alpha_range` must be a pair (a, b) with 0 <= a <= b <= 1, got {alpha_range!r}")
-        return float(alpha_range[0]), float(alpha_range[1])
+    def _expected_passes(self, call: PathCall, options: LPIOptions) -> int:
+        draws = call.n_examples * options.n_samples * options.n_alphas
+        return draws + call.n_examples * options.n_samples * int(call.need_delta)
+
+    def _path(self, call: PathCall, options: LPIOptions) -> PathOutput:
+        draws = self._draw(call, options)
+        totals = self._integrate(call, draws)
+        n_draws = options.n_samples * options.n_alphas
+        attributions = tuple(t / n_draws for t in totals)
+        if not call.need_delta:
+            return PathOutput(attributions)
+        drawn = draws.ref_ids[:, :: options.n_alphas]  # (N, n_samples): one entry per reference drawn
+        reference_scores = self._reference_scores(call, draws.references, drawn)
+        input_scores = draws.input_scores
+        if input_scores is None:
+            input_scores = call.scores(call.inputs, torch.arange(call.n_examples, device=call.inputs[0].device))
+        return PathOutput(attributions, input_scores.to(torch.float64) - reference_scores.mean(1))
+
+    def _draw(self, call: PathCall, options: LPIOptions) -> _Draws:
+        """References and alphas per example: from the bank's neighbourhood of the input's logits, or uniformly
+        from the given references."""
+        inputs, input_scores = call.inputs, None
+        if call.baselines is None:
+            bank = self.reference_bank
+            with torch.no_grad():
+                # the input's own forward pass: places it in a neighbourhood and validates `target`
+                output = run_forward(call.forward_func, inputs, None, call.additional_forward_args)
+                input_scores = target_scores(output, call.target, call.n_examples)
+                neighborhoods = bank.neighborhoods(output.detach()).cpu()
+            call.bar.update(call.n_examples)
+            probabilities, reference_rows = bank.reference_probabilities()
+            references = tuple(r.to(device=x.device, dtype=x.dtype) for r, x in zip(bank.references_, inputs))
+        else:
+            references = call.baselines
+            n_refs = references[0].shape[0]
+            neighborhoods = torch.zeros(call.n_examples, dtype=torch.long)
+            probabilities = torch.full((1, n_refs), 1.0 / n_refs, dtype=torch.float64)
+            reference_rows = torch.arange(n_refs).reshape(1, n_refs)
+        ref_ids, alphas = draw_references_and_alphas(
+            neighborhoods,
+            probabilities,
+            reference_rows,
+            options.n_samples,
+            options.n_alphas,
+            options.alpha_range,
+            call.generator,
+        )
+        return _Draws(references, ref_ids, alphas, input_scores)
 
     @staticmethod
     def _chunks(n: int, draws: int, internal_batch_size: Optional[int]) -> List[Tuple[slice, slice]]:
@@ -259,79 +328,55 @@ class LocalPathIntegration(GradientAttribution):
             for d in range(0, draws, steps)
         ]
 
-    def _integrate(
-        self,
-        inputs: Tuple[Tensor, ...],
-        references: Tuple[Tensor, ...],
-        ref_ids: Tensor,
-        alphas: Tensor,
-        target: Any,
-        afa: Any,
-        internal_batch_size: Optional[int],
-        show_progress: bool,
-    ) -> Tuple[Tensor, ...]:
+    def _integrate(self, call: PathCall, draws: _Draws) -> Tuple[Tensor, ...]:
         """Running sums over draws of ``(x - x') * grad f_t(x' + alpha (x - x'))``, per input tensor."""
-        n, draws = ref_ids.shape
+        inputs, references = call.inputs, draws.references
+        n, n_draws = draws.ref_ids.shape
         totals = tuple(torch.zeros_like(x) for x in inputs)
-        chunks = self._chunks(n, draws, internal_batch_size)
         device = inputs[0].device
-        with progress_bar(show_progress, total=len(chunks), desc="LocalPathIntegration", unit="pass") as bar:
-            for examples, block in chunks:
-                count = examples.stop - examples.start
-                steps = block.stop - block.start
-                # rows in repeat-whole-batch order: row j * count + i is draw j of example i
-                ids = ref_ids[examples, block].t().reshape(-1).to(device)
-                a = alphas[examples, block].t()
-                with torch.no_grad():
-                    starts = tuple(
-                        r[ids].reshape((steps, count) + tuple(x.shape[1:])) for r, x in zip(references, inputs)
-                    )
-                    paths = [interpolate(s, x[examples], a) for s, x in zip(starts, inputs)]
-                    points = tuple(p.requires_grad_() for p, _ in paths)
-                    spans = tuple(d for _, d in paths)
-                grads, _ = gradients_and_scores(
-                    self.gradient_func,
-                    self.forward_func,
-                    points,
-                    expand_target(subset_target(target, examples, n), steps),
-                    expand_additional_forward_args(subset_additional_forward_args(afa, examples, n), steps),
-                )
-                with torch.no_grad():
-                    for total, g, d in zip(totals, grads, spans):
-                        total[examples] += d.mul_(g.reshape(d.shape)).sum(0)  # spans are not needed again
-                bar.update(1)
+        for examples, block in self._chunks(n, n_draws, call.internal_batch_size):
+            count, steps = examples.stop - examples.start, block.stop - block.start
+            # rows in repeat-whole-batch order: row j * count + i is draw j of example i
+            ids = draws.ref_ids[examples, block].t().reshape(-1).to(device)
+            a = draws.alphas[examples, block].t()
+            starts = tuple(r[ids].reshape((steps, count) + tuple(x.shape[1:])) for r, x in zip(references, inputs))
+            paths = [interpolate(s, x[examples], a) for s, x in zip(starts, inputs)]
+            row_examples = torch.arange(examples.start, examples.stop, device=device).repeat(steps)
+            grads, _ = call.gradients(tuple(p for p, _ in paths), row_examples)
+            for total, g, (_, d) in zip(totals, grads, paths):
+                total[examples] += d.mul_(g.reshape(d.shape)).sum(0)  # spans are not needed again
         return totals
 
-    def _reference_scores(
-        self,
-        inputs: Tuple[Tensor, ...],
-        references: Tuple[Tensor, ...],
-        drawn: Tensor,
-        target: Any,
-        afa: Any,
-        internal_batch_size: Optional[int],
-    ) -> Tensor:
+    def _reference_scores(self, call: PathCall, references: Tuple[Tensor, ...], drawn: Tensor) -> Tensor:
         """Target scores of the drawn references, with each example's target and arguments: ``(N, S)``."""
         n, s = drawn.shape
-        device = inputs[0].device
+        device = call.inputs[0].device
         scores = torch.empty(n, s, dtype=torch.float64, device=device)
-        for examples, block in self._chunks(n, s, internal_batch_size):
-            count = examples.stop - examples.start
-            steps = block.stop - block.start
+        for examples, block in self._chunks(n, s, call.internal_batch_size):
+            count, steps = examples.stop - examples.start, block.stop - block.start
             ids = drawn[examples, block].t().reshape(-1).to(device)
-            rows = tuple(r[ids] for r in references)
-            out = forward_scores(
-                self.forward_func,
-                rows,
-                expand_target(subset_target(target, examples, n), steps),
-                expand_additional_forward_args(subset_additional_forward_args(afa, examples, n), steps),
-            )
+            row_examples = torch.arange(examples.start, examples.stop, device=device).repeat(steps)
+            out = call.scores(tuple(r[ids] for r in references), row_examples)
             scores[examples, block] = out.reshape(steps, count).t().to(torch.float64)
         return scores
 
-    def has_convergence_delta(self) -> bool:
-        return True
 
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return True
+def _check_shapes(inputs: Tuple[Tensor, ...], shapes, what: str) -> None:
+    if len(inputs) != len(shapes):
+        raise ValueError(f"`inputs` has {len(inputs)} tensor(s) but {what} {len(shapes)} input(s) per reference")
+    for i, (x, shape) in enumerate(zip(inputs, shapes)):
+        if tuple(x.shape[1:]) != tuple(shape):
+            raise ValueError(
+                f"`inputs`[{i}] has per-example shape {tuple(x.shape[1:])} but {what} inputs of shape {tuple(shape)}"
+            )
+
+
+def _check_alpha_range(alpha_range: Any) -> Tuple[float, float]:
+    if (
+        not isinstance(alpha_range, (tuple, list))
+        or len(alpha_range) != 2
+        or not all(isinstance(a, Real) and not isinstance(a, bool) for a in alpha_range)
+        or not 0.0 <= alpha_range[0] <= alpha_range[1] <= 1.0
+    ):
+        raise ValueError(f"`alpha_range` must be a pair (a, b) with 0 <= a <= b <= 1, got {alpha_range!r}")
+    return float(alpha_range[0]), float(alpha_range[1])

@@ -1,45 +1,27 @@
 """SAMP / SAMP++: Salient Manipulation Path attribution (Zhang et al., ICLR 2024)."""
 
+import math
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Literal, Optional, Sequence, Tuple, Union, overload
 
 import torch
-from captum.attr import GradientAttribution
 from torch import Tensor
 
-from captum_paths.attr._utils.captum_compat import (
-    TensorOrTuple,
-    expand_additional_forward_args,
-    expand_target,
-    format_additional_forward_args,
-    format_inputs,
-    format_output,
-    forward_scores,
-    gradients_and_scores,
-    is_tuple,
-    log_usage,
-)
+from captum_paths.attr._core.base import PathAttribution, PathCall, PathOutput, PathResult
+from captum_paths.attr._utils.captum_compat import TensorOrTuple, log_usage
 from captum_paths.attr._utils.features import feature_groups, flatten_inputs, group_sum, unflatten_inputs
-from captum_paths.attr._utils.progress import chunk_slices, progress_bar
-from captum_paths.attr._utils.rows import subset_additional_forward_args, subset_target
-from captum_paths.attr._utils.validation import (
-    check_finite_inputs,
-    check_generator,
-    check_internal_batch_size,
-    check_positive_int,
-    check_probability,
-    check_same_batch,
-)
+from captum_paths.attr._utils.validation import check_positive_int, check_probability
 from captum_paths.baselines import Blur, resolve_baselines
 
-__all__ = ["SampAttribution", "SampPath", "select_salient_groups"]
+__all__ = ["SampAttribution", "SampPath", "SampOptions", "select_salient_groups", "resolve_features_per_step"]
 
 _DIRECTIONS = ("deletion", "insertion", "both")
+FeatureMask = Union[None, Tensor, Tuple[Tensor, ...]]
 
 
-@dataclass
-class SampPath:
+@dataclass(kw_only=True)
+class SampPath(PathResult):
     """What happened along the manipulation paths (returned with ``return_path=True``).
 
     ``directions`` names the second axis of every tensor (``("deletion",)``, ``("insertion",)`` or
@@ -92,7 +74,51 @@ def select_salient_groups(projection: Tensor, unfinished: Tensor, step_size: int
     return chosen.scatter_(1, index, values > float("-inf"))
 
 
-class SampAttribution(GradientAttribution):
+def resolve_features_per_step(features_per_step: Union[int, float], n_groups: int) -> int:
+    """``s`` as a count: an int is taken as it is, a float in ``(0, 1]`` is that fraction of ``n_groups``
+    (rounded, at least 1)."""
+    if isinstance(features_per_step, Integral):
+        return check_positive_int(features_per_step, "features_per_step")
+    return max(1, int(round(features_per_step * n_groups)))
+
+
+@dataclass
+class SampOptions:
+    """SAMP's knobs (validated on construction); see :meth:`SampAttribution.attribute`."""
+
+    feature_mask: FeatureMask = None
+    features_per_step: Union[int, float] = 10
+    eta: Optional[float] = 0.1
+    momentum: Optional[float] = 0.5
+    direction: str = "both"
+    insertion_start: Any = "blur"
+    max_steps: Optional[int] = None
+    snapshot_fractions: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+    def __post_init__(self) -> None:
+        s = self.features_per_step
+        if isinstance(s, bool) or not isinstance(s, (Integral, Real)):
+            raise ValueError(f"`features_per_step` must be a positive int or a float in (0, 1], got {s!r}")
+        if isinstance(s, Integral):
+            check_positive_int(s, "features_per_step")
+        elif not 0 < s <= 1:
+            raise ValueError(f"`features_per_step` as a fraction must lie in (0, 1], got {s!r}")
+        if self.direction not in _DIRECTIONS:
+            raise ValueError(f"`direction` must be one of {_DIRECTIONS}, got {self.direction!r}")
+        if self.eta is not None:
+            self.eta = check_probability(self.eta, "eta", low_open=True)
+        if self.momentum is not None:
+            self.momentum = check_probability(self.momentum, "momentum", high_open=True)
+        if self.max_steps is not None:
+            self.max_steps = check_positive_int(self.max_steps, "max_steps")
+        self.snapshot_fractions = tuple(check_probability(f, "snapshot_fractions") for f in self.snapshot_fractions)
+
+    @property
+    def directions(self) -> Tuple[str, ...]:
+        return ("deletion", "insertion") if self.direction == "both" else (self.direction,)
+
+
+class SampAttribution(PathAttribution):
     r"""Salient Manipulation Path attribution, SAMP and SAMP++ (Zhang et al., "Path Choice Matters for
     Clear Attribution in Path Methods", ICLR 2024).
 
@@ -143,6 +169,8 @@ class SampAttribution(GradientAttribution):
     ``return_path`` asks for the end scores.
     """
 
+    _has_path_result = True
+
     def __init__(self, forward_func: Callable) -> None:
         r"""
         Args:
@@ -151,6 +179,75 @@ class SampAttribution(GradientAttribution):
         """
         super().__init__(forward_func)
 
+    @overload
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        baselines: Any = None,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        *,
+        feature_mask: FeatureMask = None,
+        features_per_step: Union[int, float] = 10,
+        eta: Optional[float] = 0.1,
+        momentum: Optional[float] = 0.5,
+        direction: str = "both",
+        insertion_start: Any = "blur",
+        max_steps: Optional[int] = None,
+        snapshot_fractions: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+        internal_batch_size: Optional[int] = None,
+        return_convergence_delta: Literal[False] = False,
+        return_path: Literal[False] = False,
+        generator: Union[None, int, torch.Generator] = None,
+        show_progress: bool = False,
+    ) -> TensorOrTuple: ...
+
+    @overload
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        baselines: Any = None,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        *,
+        feature_mask: FeatureMask = None,
+        features_per_step: Union[int, float] = 10,
+        eta: Optional[float] = 0.1,
+        momentum: Optional[float] = 0.5,
+        direction: str = "both",
+        insertion_start: Any = "blur",
+        max_steps: Optional[int] = None,
+        snapshot_fractions: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+        internal_batch_size: Optional[int] = None,
+        return_convergence_delta: Literal[True],
+        return_path: Literal[False] = False,
+        generator: Union[None, int, torch.Generator] = None,
+        show_progress: bool = False,
+    ) -> Tuple[TensorOrTuple, Tensor]: ...
+
+    @overload
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        baselines: Any = None,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        *,
+        feature_mask: FeatureMask = None,
+        features_per_step: Union[int, float] = 10,
+        eta: Optional[float] = 0.1,
+        momentum: Optional[float] = 0.5,
+        direction: str = "both",
+        insertion_start: Any = "blur",
+        max_steps: Optional[int] = None,
+        snapshot_fractions: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+        internal_batch_size: Optional[int] = None,
+        return_convergence_delta: bool = False,
+        return_path: Literal[True],
+        generator: Union[None, int, torch.Generator] = None,
+        show_progress: bool = False,
+    ) -> Tuple[TensorOrTuple, SampPath]: ...
+
     @log_usage()
     def attribute(
         self,
@@ -158,20 +255,21 @@ class SampAttribution(GradientAttribution):
         baselines: Any = None,
         target: Any = None,
         additional_forward_args: Any = None,
-        feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
-        step_size: Union[int, float] = 10,
+        *,
+        feature_mask: FeatureMask = None,
+        features_per_step: Union[int, float] = 10,
         eta: Optional[float] = 0.1,
         momentum: Optional[float] = 0.5,
         direction: str = "both",
         insertion_start: Any = "blur",
-        internal_batch_size: Optional[int] = None,
         max_steps: Optional[int] = None,
+        snapshot_fractions: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+        internal_batch_size: Optional[int] = None,
         return_convergence_delta: bool = False,
         return_path: bool = False,
-        snapshot_fractions: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
         generator: Union[None, int, torch.Generator] = None,
         show_progress: bool = False,
-    ):
+    ) -> Union[TensorOrTuple, Tuple[TensorOrTuple, Tensor], Tuple[TensorOrTuple, SampPath]]:
         r"""
         Args:
             inputs (Tensor or tuple[Tensor, ...]): input(s) for which attributions are computed, each of
@@ -225,150 +323,127 @@ class SampAttribution(GradientAttribution):
             >>> attr, delta = samp.attribute(images, target=labels, return_convergence_delta=True)
             >>> plain_samp = samp.attribute(images, target=labels, eta=None, momentum=None)
         """
-        is_inputs_tuple = is_tuple(inputs)
-        inputs = format_inputs(inputs)
-        n = check_same_batch(inputs)
-        check_finite_inputs(inputs)
-        if direction not in _DIRECTIONS:
-            raise ValueError(f"`direction` must be one of {_DIRECTIONS}, got {direction!r}")
-        if eta is not None:
-            eta = check_probability(eta, "eta", low_open=True)
-        if momentum is not None:
-            momentum = check_probability(momentum, "momentum", high_open=True)
-        internal_batch_size = check_internal_batch_size(internal_batch_size)
-        if max_steps is not None:
-            max_steps = check_positive_int(max_steps, "max_steps")
-        fractions = tuple(check_probability(f, "snapshot_fractions") for f in snapshot_fractions)
-        generator = check_generator(generator)
-        ids, n_groups = feature_groups(inputs, feature_mask)
-        s = _resolve_step_size(step_size, n_groups)
-        additional_forward_args = format_additional_forward_args(additional_forward_args)
-
-        directions = ("deletion", "insertion") if direction == "both" else (direction,)
-        x_flat = flatten_inputs(inputs).detach()
-        starts, ends = [], []
-        if "deletion" in directions:
-            deletion_end = resolve_baselines(baselines, inputs, "zeros", "baselines", generator)
-            starts.append(x_flat)
-            ends.append(flatten_inputs(deletion_end))
-        if "insertion" in directions:
-            insertion_begin = resolve_baselines(insertion_start, inputs, Blur(11, 5.0), "insertion_start", generator)
-            starts.append(flatten_inputs(insertion_begin))
-            ends.append(x_flat)
-        n_dirs = len(directions)
-        rows = n * n_dirs
-        largest = torch.tensor([d == "insertion" for d in directions], device=x_flat.device)
-        paths = _PathRun(
-            self,
-            like=inputs,
-            starts=torch.cat(starts).detach(),
-            ends=torch.cat(ends).detach(),
-            largest=largest.repeat_interleave(n),
-            ids=ids.repeat(n_dirs, 1),
-            n_groups=n_groups,
-            target=expand_target(target, n_dirs) if n_dirs > 1 else target,
-            additional_forward_args=expand_additional_forward_args(additional_forward_args, n_dirs)
-            if n_dirs > 1
-            else additional_forward_args,
-            step_size=s,
-            eta=eta,
-            momentum=momentum,
-            max_steps=max_steps,
-            record=return_path,
-            snapshot_fractions=fractions,
+        options = SampOptions(
+            feature_mask, features_per_step, eta, momentum, direction, insertion_start, max_steps, snapshot_fractions
         )
-        with progress_bar(show_progress, desc="SAMP steps", unit="step") as bar:
-            for chunk in chunk_slices(rows, internal_batch_size):
-                paths.run(chunk, bar)
-
-        # the deletion path's sum attributes F(baseline) - F(x): negate it to attribute F(x) - F(baseline)
-        sign = torch.tensor([-1.0 if d == "deletion" else 1.0 for d in directions], device=x_flat.device)
-        per_dir = paths.attributions.reshape(n_dirs, n, -1) * sign.to(x_flat.dtype).reshape(-1, 1, 1)
-        attributions = unflatten_inputs(per_dir.sum(0), inputs)
-        outputs: List[Any] = [format_output(is_inputs_tuple, attributions)]
-        if return_convergence_delta or return_path:
-            end_scores = paths.end_scores(internal_batch_size)
-        if return_convergence_delta:
-            gap = (end_scores - paths.start_scores).reshape(n_dirs, n) * sign.reshape(-1, 1)
-            total = per_dir.sum(dim=(0, 2))
-            outputs.append(total - gap.sum(0).to(total.dtype))
-        if return_path:
-            outputs.append(paths.path_record(directions, n, end_scores, sign, inputs))
-        return outputs[0] if len(outputs) == 1 else tuple(outputs)
-
-    def has_convergence_delta(self) -> bool:
-        return True
+        return self._attribute(
+            inputs,
+            baselines,
+            target,
+            additional_forward_args,
+            options,
+            internal_batch_size=internal_batch_size,
+            return_convergence_delta=return_convergence_delta,
+            return_path=return_path,
+            generator=generator,
+            show_progress=show_progress,
+        )
 
     @property
     def multiplies_by_inputs(self) -> bool:
         return True
 
+    def _expected_passes(self, call: PathCall, options: SampOptions) -> int:
+        """Without the IC a path takes ``ceil(G / s)`` steps; the IC adds at most ``ceil(1 / eta)`` partial
+        steps; ``max_steps`` caps them. One pass per step per path, plus one end-point forward per path
+        when the delta or the path record is asked for."""
+        _, n_groups = feature_groups(call.inputs, options.feature_mask)
+        steps = math.ceil(n_groups / resolve_features_per_step(options.features_per_step, n_groups))
+        if options.eta is not None:
+            steps += math.ceil(1 / options.eta)
+        if options.max_steps is not None:
+            steps = min(steps, options.max_steps)
+        paths = call.n_examples * len(options.directions)
+        return paths * (steps + int(call.need_delta or call.need_path))
 
-def _resolve_step_size(step_size: Any, n_groups: int) -> int:
-    if isinstance(step_size, bool) or not isinstance(step_size, (Integral, Real)):
-        raise ValueError(f"`step_size` must be a positive int or a float in (0, 1], got {step_size!r}")
-    if isinstance(step_size, Integral):
-        return check_positive_int(step_size, "step_size")
-    if not (0 < step_size <= 1):
-        raise ValueError(f"`step_size` as a fraction must lie in (0, 1], got {step_size!r}")
-    return max(1, int(round(step_size * n_groups)))
+    def _path(self, call: PathCall, options: SampOptions) -> PathOutput:
+        inputs, n = call.inputs, call.n_examples
+        ids, n_groups = feature_groups(inputs, options.feature_mask)
+        directions = options.directions
+        x_flat = flatten_inputs(inputs)
+        starts, ends = [], []
+        if "deletion" in directions:
+            starts.append(x_flat)
+            ends.append(flatten_inputs(call.baselines))
+        if "insertion" in directions:
+            begin = resolve_baselines(options.insertion_start, inputs, Blur(11, 5.0), "insertion_start", call.generator)
+            starts.append(flatten_inputs(begin))
+            ends.append(x_flat)
+        n_dirs = len(directions)
+        largest = torch.tensor([d == "insertion" for d in directions], device=x_flat.device)
+        plan = _PathPlan(
+            starts=torch.cat(starts).detach(),
+            ends=torch.cat(ends).detach(),
+            largest=largest.repeat_interleave(n),
+            ids=ids.repeat(n_dirs, 1),
+            n_groups=n_groups,
+            features_per_step=resolve_features_per_step(options.features_per_step, n_groups),
+        )
+        paths = _PathRun(call, plan, options)
+        for chunk in call.row_chunks(plan.starts.shape[0]):
+            paths.run(chunk)
+        # the deletion path's sum attributes F(baseline) - F(x): negate it to attribute F(x) - F(baseline)
+        sign = torch.tensor([-1.0 if d == "deletion" else 1.0 for d in directions], device=x_flat.device)
+        per_dir = paths.attributions.reshape(n_dirs, n, -1) * sign.to(x_flat.dtype).reshape(-1, 1, 1)
+        attributions = unflatten_inputs(per_dir.sum(0), inputs)
+        if not (call.need_delta or call.need_path):
+            return PathOutput(attributions)
+        end_scores = paths.end_scores()
+        gap = (end_scores - paths.start_scores).reshape(n_dirs, n) * sign.reshape(-1, 1)
+        record = paths.path_record(directions, n, end_scores, sign, inputs) if call.need_path else None
+        return PathOutput(attributions, gap.sum(0), record)
+
+
+@dataclass
+class _PathPlan:
+    """The R = N x directions greedy paths: start and end points ``(R, D)``, direction, feature groups."""
+
+    starts: Tensor
+    ends: Tensor
+    largest: Tensor
+    ids: Tensor
+    n_groups: int
+    features_per_step: int
 
 
 class _PathRun:
-    """State of R greedy paths (flat rows), advanced chunk by chunk; running sums only."""
+    """State of R greedy paths (flat rows), advanced chunk by chunk; running sums only.
 
-    def __init__(
-        self,
-        attribution: SampAttribution,
-        like: Tuple[Tensor, ...],
-        starts: Tensor,
-        ends: Tensor,
-        largest: Tensor,
-        ids: Tensor,
-        n_groups: int,
-        target: Any,
-        additional_forward_args: Any,
-        step_size: int,
-        eta: Optional[float],
-        momentum: Optional[float],
-        max_steps: Optional[int],
-        record: bool,
-        snapshot_fractions: Tuple[float, ...],
-    ) -> None:
-        self.attribution = attribution
-        self.like = like
+    Row ``r`` follows example ``r % N`` (Captum's repeat-whole-batch order over the directions).
+    """
+
+    def __init__(self, call: PathCall, plan: _PathPlan, options: SampOptions) -> None:
+        self.call, self.plan = call, plan
+        starts, ends, largest = plan.starts, plan.ends, plan.largest
+        self.like = call.inputs
         self.starts, self.ends = starts, ends
-        self.largest, self.ids, self.n_groups = largest, ids, n_groups
+        self.largest, self.ids, self.n_groups = largest, plan.ids, plan.n_groups
         # None when rows mix directions; else whether every row picks the largest projection
         self.one_direction = bool(largest[0]) if bool((largest == largest[0]).all()) else None
-        self.target, self.afa = target, additional_forward_args
-        self.step_size, self.momentum, self.max_steps = step_size, momentum, max_steps
+        self.step_size, self.momentum, self.max_steps = plan.features_per_step, options.momentum, options.max_steps
         self.rows = starts.shape[0]
         self.total_l1 = (starts - ends).abs().sum(1).clamp_min(torch.finfo(starts.dtype).tiny)
-        self.eta_abs = None if eta is None else eta * self.total_l1
+        self.eta_abs = None if options.eta is None else options.eta * self.total_l1
         self.attributions = torch.zeros_like(starts)
         self.start_scores = torch.full((self.rows,), float("nan"), dtype=starts.dtype, device=starts.device)
         self.covered = torch.zeros(self.rows, dtype=starts.dtype, device=starts.device)
-        self.record = record
-        if record:
+        self.record = call.need_path
+        if self.record:
             # one entry per step: (rows, score at the step's start point, covered fraction there)
             self.steps: List[Tuple[Tensor, Tensor, Tensor]] = []
-            self.snapshot_fractions = torch.tensor(snapshot_fractions, dtype=starts.dtype, device=starts.device)
-            shape = (self.rows, len(snapshot_fractions), starts.shape[1])
+            fractions = options.snapshot_fractions
+            self.snapshot_fractions = torch.tensor(fractions, dtype=starts.dtype, device=starts.device)
+            shape = (self.rows, len(fractions), starts.shape[1])
             self.snap_points = starts.new_full(shape, float("nan"))
             self.snap_attr = starts.new_full(shape, float("nan"))
             self.snap_taken = torch.zeros(shape[:2], dtype=torch.bool, device=starts.device)
 
     def _gradients(self, index: Tensor, points: Tensor) -> Tuple[Tensor, Tensor]:
-        target = subset_target(self.target, index, self.rows)
-        afa = subset_additional_forward_args(self.afa, index, self.rows)
-        leaves = tuple(t.detach().requires_grad_() for t in unflatten_inputs(points, self.like))
-        grads, scores = gradients_and_scores(
-            self.attribution.gradient_func, self.attribution.forward_func, leaves, target, afa
-        )
+        examples = index % self.call.n_examples
+        grads, scores = self.call.gradients(unflatten_inputs(points, self.like), examples)
         return flatten_inputs(grads).to(points.dtype), scores.to(points.dtype)
 
-    def run(self, chunk: slice, bar) -> None:
+    def run(self, chunk: slice) -> None:
         """Advance the paths of rows ``chunk`` to their end points (or ``max_steps``).
 
         The state holds the running paths only: when paths finish, their results are written out and
@@ -404,22 +479,7 @@ class _PathRun:
                 if smoothed is not None:
                     grads = self.momentum * smoothed + (1.0 - self.momentum) * grads
                 smoothed = grads
-            remaining = ends - x
-            projection = group_sum(grads * remaining, ids, self.n_groups)
-            chosen = self._choose(projection, pending, largest)
-            moving = chosen.gather(1, ids)
-            dx = remaining * moving
-            step_l1 = dx.abs().sum(1)
-            if eta is None:
-                full = torch.ones(rows.numel(), dtype=torch.bool, device=x.device)
-            else:
-                full = step_l1 <= eta
-                scale = torch.where(full, torch.ones_like(eta), eta / step_l1)
-                dx = dx * scale.unsqueeze(1)
-                step_l1 = step_l1 * scale
-            accumulated += grads * dx
-            # a group moved all the way lands exactly on the end point (no round-off left to chase)
-            x = torch.where(moving & full.unsqueeze(1), ends, x + dx)
+            x, step_l1, full, chosen = self._step(x, ends, ids, largest, eta, pending, grads, accumulated)
             if self.record:
                 self.steps.append((rows, scores, covered.clone()))
             covered += step_l1 / total_l1
@@ -429,9 +489,28 @@ class _PathRun:
             alive = pending.any(1)
             state[0] = x
             step += 1
-            bar.update(1)
         if rows.numel():  # stopped by max_steps
             self._write_out(rows, accumulated, covered)
+
+    def _step(self, x, ends, ids, largest, eta, pending, grads, accumulated):
+        """One greedy step of the running rows: choose, bound by the IC, move, accumulate ``g * dx``."""
+        remaining = ends - x
+        projection = group_sum(grads * remaining, ids, self.n_groups)
+        chosen = self._choose(projection, pending, largest)
+        moving = chosen.gather(1, ids)
+        dx = remaining * moving
+        step_l1 = dx.abs().sum(1)
+        if eta is None:
+            full = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        else:
+            full = step_l1 <= eta
+            scale = torch.where(full, torch.ones_like(eta), eta / step_l1)
+            dx = dx * scale.unsqueeze(1)
+            step_l1 = step_l1 * scale
+        accumulated += grads * dx
+        # a group moved all the way lands exactly on the end point (no round-off left to chase)
+        x = torch.where(moving & full.unsqueeze(1), ends, x + dx)
+        return x, step_l1, full, chosen
 
     def _write_out(self, rows: Tensor, accumulated: Tensor, covered: Tensor) -> None:
         self.attributions[rows] = accumulated
@@ -454,15 +533,10 @@ class _PathRun:
         self.snap_attr[rows[r_idx], s_idx] = attributions[r_idx]
         self.snap_taken[rows[r_idx], s_idx] = True
 
-    def end_scores(self, chunk_size: Optional[int]) -> Tensor:
+    def end_scores(self) -> Tensor:
         """Scores at every path's end point (one no-grad forward per path); fills unmoved paths' starts."""
-        scores = torch.empty_like(self.start_scores)
-        for chunk in chunk_slices(self.rows, chunk_size):
-            index = torch.arange(chunk.start, chunk.stop, device=self.starts.device)
-            target = subset_target(self.target, index, self.rows)
-            afa = subset_additional_forward_args(self.afa, index, self.rows)
-            points = unflatten_inputs(self.ends[chunk], self.like)
-            scores[chunk] = forward_scores(self.attribution.forward_func, points, target, afa).to(scores.dtype)
+        examples = torch.arange(self.rows, device=self.starts.device) % self.call.n_examples
+        scores = self.call.scores(unflatten_inputs(self.ends, self.like), examples).to(self.start_scores.dtype)
         never_moved = torch.isnan(self.start_scores)  # start == end: the path has one point
         self.start_scores[never_moved] = scores[never_moved]
         return scores
