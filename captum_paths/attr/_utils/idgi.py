@@ -16,7 +16,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["idgi_segment", "idgi_accumulate_"]
+__all__ = ["idgi_segment", "idgi_accumulate_", "idgi_direction"]
 
 
 def idgi_segment(grads: Tuple[Tensor, ...], score_change: Tensor) -> Tuple[Tensor, ...]:
@@ -44,3 +44,22 @@ def idgi_accumulate_(totals: Tuple[Tensor, ...], grads: Tuple[Tensor, ...], scor
     """
     for total, part in zip(totals, idgi_segment(grads, score_change)):
         total.add_(part.to(total.dtype))
+
+
+def idgi_direction(grads: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+    """The unit-sum important direction of each row, ``g^2 / ||g||^2``, without the segment's output change.
+
+    Args:
+        grads: one ``(R, ...)`` tensor per input, a gradient per row; the norm runs over every element of the
+            row across the tuple.
+
+    Returns one tensor per input, the grads' shapes, each row summing (across the tuple) to one; rows with
+    ``||g|| = 0`` give zeros (no direction). ``idgi_segment(grads, d)`` equals ``d * idgi_direction(grads)``
+    up to rounding: for rules that share one gradient between two segments (e.g. a trapezoid rule).
+    """
+    rows = grads[0].shape[0]
+    squares = tuple(g * g for g in grads)
+    norm2 = sum(s.reshape(rows, -1).sum(dim=1) for s in squares)
+    tiny = torch.finfo(norm2.dtype).tiny
+    scale = torch.where(norm2 > tiny, norm2.clamp_min(tiny).reciprocal(), torch.zeros_like(norm2))
+    return tuple(s.mul_(scale.reshape((rows,) + (1,) * (s.dim() - 1))) for s in squares)
