@@ -34,3 +34,6 @@ __all__ += ["LocalPathIntegration", "ReferenceBank"]
 from captum_paths.attr._core.ablation_path import AblationPath, AblationPathResult  # noqa: E402
 
 __all__ += ["AblationPath", "AblationPathResult"]
+from captum_paths.attr._core.idgi import IDGI  # noqa: E402
+
+__all__ += ["IDGI"]

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Tuple
 import torch
 
 from captum_paths.attr import (
+    IDGI,
     AblationPath,
     GeometricallyGuidedIG,
     LocalPathIntegration,
@@ -59,5 +60,9 @@ METHOD_CONFIGS: Dict[str, MethodConfig] = {
     "AblationPath": MethodConfig(
         build=lambda model, _: AblationPath(model),
         kwargs=dict(n_steps=4, n_iterations=2, score="logit"),
+    ),
+    "IDGI": MethodConfig(
+        build=lambda model, _: IDGI(model),
+        kwargs=dict(n_steps=3),
     ),
 }
