@@ -367,9 +367,10 @@ def _fold_run(
         return
     direction = idgi_direction(grads)
     if change is not None:
-        half = (0.5 * change).reshape((-1,) + (1,) * (grads[0].dim() - 1))
+        half = 0.5 * change
         for total, previous, current in zip(totals, pending, direction):
-            total[run].add_(((previous[run] + current) * half.to(current.dtype)).to(total.dtype))
+            weight = half.to(current.dtype).reshape((-1,) + (1,) * (current.dim() - 1))
+            total[run].add_(((previous[run] + current) * weight).to(total.dtype))
     for previous, current in zip(pending, direction):
         previous[run] = current
 
