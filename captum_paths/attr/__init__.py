@@ -37,3 +37,10 @@ __all__ += ["AblationPath", "AblationPathResult"]
 from captum_paths.attr._core.idgi import IDGI  # noqa: E402
 
 __all__ += ["IDGI"]
+from captum_paths.attr._core.agi import AdversarialGradientIntegration  # noqa: E402
+
+__all__ += ["AdversarialGradientIntegration"]
+from captum_paths.attr._core.guided_ig import GuidedIG  # noqa: E402
+from captum_paths.attr._core.blur_ig import BlurIG  # noqa: E402
+
+__all__ += ["GuidedIG", "BlurIG"]
