@@ -17,7 +17,7 @@ from captum_paths.attr._core.ablation_path import (
 )
 from captum_paths.attr._utils.monotone import gaussian_filter_2d
 
-FAST = dict(n_points=5, iterations=3)
+FAST = dict(n_steps=4, n_iterations=3)
 
 
 class RegionModel(nn.Module):
@@ -118,7 +118,7 @@ def test_known_region_is_kept_to_the_end(region_setup):
     model, x, region = region_setup
     target = torch.zeros(2, dtype=torch.long)
     attr, result = AblationPath(model).attribute(
-        x, baselines=0.0, target=target, n_points=12, iterations=30, filter_sigma=0.0, return_path=True
+        x, baselines=0.0, target=target, n_steps=11, n_iterations=30, filter_sigma=0.0, return_path=True
     )
     check_path_constraints(result)
     flat = attr.reshape(2, -1)
@@ -138,7 +138,7 @@ def test_known_region_is_kept_to_the_end(region_setup):
 
 def test_known_region_with_default_filter_still_ranks_region_first(region_setup):
     model, x, region = region_setup
-    attr = AblationPath(model).attribute(x, baselines=0.0, target=0, n_points=10, iterations=30)
+    attr = AblationPath(model).attribute(x, baselines=0.0, target=0, n_steps=9, n_iterations=30)
     for n in range(2):
         inside = attr[n, 0][region].min()
         assert inside > attr[n, 0][~region].median()
@@ -151,7 +151,7 @@ def test_constraints_hold_after_every_iteration(digits, digits_cnn64):
     x = digits.x_test[:2].double()
     method = AblationPath(digits_cnn64)
     for iterations in range(5):
-        _, result = method.attribute(x, target=[0, 1], n_points=5, iterations=iterations, return_path=True)
+        _, result = method.attribute(x, target=[0, 1], n_steps=4, n_iterations=iterations, return_path=True)
         check_path_constraints(result)
         assert result.masks.shape == (2, 5, 16, 16)
         assert result.iterations_run.tolist() == [iterations, iterations]
@@ -161,7 +161,7 @@ def test_result_fields_agree_with_direct_evaluation(digits, digits_cnn64):
     x = digits.x_test[:3].double()
     with torch.no_grad():
         target = digits_cnn64(x).argmax(1)
-    attr, r = AblationPath(digits_cnn64).attribute(x, target=target, n_points=8, iterations=6, return_path=True)
+    attr, r = AblationPath(digits_cnn64).attribute(x, target=target, n_steps=7, n_iterations=6, return_path=True)
     baseline = __import__("captum_paths").attr.gaussian_blur(x)
     direct = straight_line_scores(digits_cnn64, x, baseline, target, r.masks)
     assert torch.allclose(r.scores, direct, atol=1e-10)
@@ -197,7 +197,7 @@ def test_result_fields_agree_with_direct_evaluation(digits, digits_cnn64):
 
 def test_zero_iterations_is_the_straight_line(digits, digits_cnn):
     x = digits.x_test[:2]
-    attr, r = AblationPath(digits_cnn).attribute(x, target=0, n_points=5, iterations=0, return_path=True)
+    attr, r = AblationPath(digits_cnn).attribute(x, target=0, n_steps=4, n_iterations=0, return_path=True)
     t = torch.linspace(0, 1, 5, dtype=torch.float64).reshape(1, 5, 1, 1)
     assert torch.allclose(r.masks, t.expand_as(r.masks), atol=1e-15)
     assert torch.allclose(attr, torch.full_like(attr, 0.5))
@@ -221,9 +221,9 @@ def test_batched_equals_one_at_a_time_and_chunking(digits, digits_cnn64):
 def test_early_stop_on_saturation_is_per_example(digits, digits_cnn64):
     x = digits.x_test[:2].double()
     method = AblationPath(digits_cnn64)
-    _, full = method.attribute(x, target=2, n_points=5, iterations=8, return_path=True)
+    _, full = method.attribute(x, target=2, n_steps=4, n_iterations=8, return_path=True)
     level = float(full.saturation.min()) - 1e-9
-    _, r = method.attribute(x, target=2, n_points=5, iterations=8, stop_saturation=level, return_path=True)
+    _, r = method.attribute(x, target=2, n_steps=4, n_iterations=8, stop_saturation=level, return_path=True)
     assert (r.iterations_run <= 8).all() and (r.iterations_run < 8).any()
     for n in range(2):
         it = int(r.iterations_run[n])
@@ -231,7 +231,7 @@ def test_early_stop_on_saturation_is_per_example(digits, digits_cnn64):
         if it < 8:
             assert float(r.saturation[n]) >= level
         _, single = method.attribute(
-            x[n : n + 1], target=2, n_points=5, iterations=8, stop_saturation=level, return_path=True
+            x[n : n + 1], target=2, n_steps=4, n_iterations=8, stop_saturation=level, return_path=True
         )
         assert int(single.iterations_run[0]) == it
         assert torch.allclose(single.masks[0], r.masks[n], atol=1e-10)
@@ -292,7 +292,7 @@ def test_logit_score_differs_from_softmax(digits, digits_cnn64):
 def test_noise_tunnel_wraps_it(digits, digits_cnn):
     x = digits.x_test[:2]
     nt = NoiseTunnel(AblationPath(digits_cnn))
-    attr = nt.attribute(x, nt_type="smoothgrad", nt_samples=2, stdevs=0.05, target=[1, 2], n_points=4, iterations=2)
+    attr = nt.attribute(x, nt_type="smoothgrad", nt_samples=2, stdevs=0.05, target=[1, 2], n_steps=3, n_iterations=2)
     assert attr.shape == x.shape and torch.isfinite(attr).all()
 
 
@@ -378,7 +378,7 @@ def test_internal_batch_size_bounds_model_batches_and_gradient_func_is_used(digi
         return original(*args, **kwargs)
 
     method.gradient_func = counting_gradient_func
-    method.attribute(digits.x_test[:3], target=0, n_points=5, iterations=2, internal_batch_size=4)
+    method.attribute(digits.x_test[:3], target=0, n_steps=4, n_iterations=2, internal_batch_size=4)
     assert max(batches) <= 4
     # 3 examples x 3 interior points = 9 rows per iteration -> 3 chunks, 2 iterations
     assert len(calls) == 6
@@ -387,7 +387,7 @@ def test_internal_batch_size_bounds_model_batches_and_gradient_func_is_used(digi
 
 
 def test_show_progress_runs(digits, digits_cnn, capsys):
-    attr = AblationPath(digits_cnn).attribute(digits.x_test[:1], target=0, show_progress=True, n_points=4, iterations=1)
+    attr = AblationPath(digits_cnn).attribute(digits.x_test[:1], target=0, show_progress=True, n_steps=3, n_iterations=1)
     assert attr.shape == (1, 1, 16, 16)
     assert "AblationPath" in capsys.readouterr().err
 
@@ -408,12 +408,12 @@ class CountingModel(nn.Module):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(n_points=2), ValueError, "n_points"),
-        (dict(n_points=3.5), ValueError, "n_points"),
-        (dict(iterations=-1), ValueError, "iterations"),
+        (dict(n_steps=1), ValueError, "n_steps"),
+        (dict(n_steps=2.5), ValueError, "n_steps"),
+        (dict(n_iterations=-1), ValueError, "n_iterations"),
         (dict(zeta=0), ValueError, "zeta"),
         (dict(zeta=-0.8), ValueError, "zeta"),
-        (dict(step_size=0), ValueError, "step_size"),
+        (dict(learning_rate=0), ValueError, "learning_rate"),
         (dict(momentum=1.0), ValueError, "momentum"),
         (dict(filter_sigma=-1.0), ValueError, "filter_sigma"),
         (dict(score="probability"), ValueError, "score"),

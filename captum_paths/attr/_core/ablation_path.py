@@ -3,23 +3,13 @@
 import math
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, List, Literal, Optional, Tuple, Union, overload
 
 import torch
-from captum.attr import GradientAttribution
 from torch import Tensor
 
-from captum_paths.attr._utils.captum_compat import (
-    TensorOrTuple,
-    format_additional_forward_args,
-    format_inputs,
-    format_output,
-    gradients_and_scores,
-    is_tuple,
-    log_usage,
-    run_forward,
-    target_scores,
-)
+from captum_paths.attr._core.base import PathAttribution, PathCall, PathOutput, PathResult
+from captum_paths.attr._utils.captum_compat import TensorOrTuple, log_usage
 from captum_paths.attr._utils.features import feature_groups, flatten_inputs, group_sum, unflatten_inputs
 from captum_paths.attr._utils.monotone import (
     gaussian_filter_2d,
@@ -27,28 +17,23 @@ from captum_paths.attr._utils.monotone import (
     repair_path_time_major_,
     saturate,
 )
-from captum_paths.attr._utils.progress import chunk_slices, progress_bar
+from captum_paths.attr._utils.progress import chunk_slices
 from captum_paths.attr._utils.quadrature import trapezoid_weights
-from captum_paths.attr._utils.rows import subset_additional_forward_args, subset_target
 from captum_paths.attr._utils.validation import (
-    check_finite_inputs,
-    check_generator,
-    check_internal_batch_size,
     check_nonnegative_int,
     check_positive_float,
     check_positive_int,
     check_probability,
-    check_same_batch,
 )
-from captum_paths.baselines import Blur, resolve_baselines
+from captum_paths.baselines import Blur
 
-__all__ = ["AblationPath", "AblationPathResult"]
+__all__ = ["AblationPath", "AblationPathResult", "AblationPathOptions"]
 
 _SCORES = ("softmax", "logit")
 
 
-@dataclass
-class AblationPathResult:
+@dataclass(kw_only=True)
+class AblationPathResult(PathResult):
     """The optimised ablation paths (returned with ``return_path=True``).
 
     ``N`` examples, ``T`` path points at times ``times[k] = k / (T - 1)``; ``G`` feature groups (one per
@@ -67,10 +52,10 @@ class AblationPathResult:
             image at every path point, end points included. This is the path's score curve.
         path_score: ``(N,)`` the path score ``int_0^1 scores(t) dt`` (trapezoid rule over ``times``):
             the quantity the optimisation maximises.
-        path_score_history: ``(N, iterations + 1)`` the path score before each iteration (column 0 is
+        path_score_history: ``(N, n_iterations + 1)`` the path score before each iteration (column 0 is
             the straight-line path ``phi(t) = t``) and, in the last filled column, the final path's.
             Columns after an example stopped early (``stop_saturation``) are NaN.
-        iterations_run: ``(N,)`` iterations each example ran (fewer than ``iterations`` if it stopped
+        iterations_run: ``(N,)`` iterations each example ran (fewer than ``n_iterations`` if it stopped
             early on saturation).
         saturation: ``(N,)`` the final path's saturation: the mean of ``|2 phi - 1|`` over the interior
             points and the input's elements (1 = binary masks; the straight line has about 0.5).
@@ -145,7 +130,58 @@ def max_norm_normalise(update: Tensor, dim: int = 0, inplace: bool = False) -> T
     return update.div_(scale.reshape(shape)) if inplace else update / scale.reshape(shape)
 
 
-class AblationPath(GradientAttribution):
+@dataclass
+class AblationPathOptions:
+    """AblationPath's knobs (validated on construction); see :meth:`AblationPath.attribute`."""
+
+    feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None
+    n_steps: int = 15
+    n_iterations: int = 30
+    learning_rate: float = 0.1
+    momentum: float = 0.5
+    zeta: float = 0.8
+    filter_sigma: Optional[float] = None
+    score: str = "softmax"
+    stop_saturation: Optional[float] = None
+    drop_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        self.n_steps = check_positive_int(self.n_steps, "n_steps")
+        if self.n_steps < 2:
+            raise ValueError(f"`n_steps` must be at least 2 (two fixed end points and a free one), got {self.n_steps}")
+        self.n_iterations = check_nonnegative_int(self.n_iterations, "n_iterations")
+        self.learning_rate = check_positive_float(self.learning_rate, "learning_rate")
+        self.momentum = check_probability(self.momentum, "momentum", high_open=True)
+        self.zeta = check_positive_float(self.zeta, "zeta")
+        if self.score not in _SCORES:
+            raise ValueError(f"`score` must be one of {_SCORES}, got {self.score!r}")
+        if self.stop_saturation is not None:
+            self.stop_saturation = check_probability(self.stop_saturation, "stop_saturation", low_open=True)
+        self.drop_fraction = check_probability(self.drop_fraction, "drop_fraction", low_open=True, high_open=True)
+        self.filter_sigma = _check_filter_sigma(self.filter_sigma, self.feature_mask)
+
+    @property
+    def n_points(self) -> int:
+        return self.n_steps + 1
+
+
+def _check_filter_sigma(filter_sigma: Any, feature_mask: Any) -> float:
+    if filter_sigma is None:
+        return 1.0 if feature_mask is None else 0.0
+    if (
+        isinstance(filter_sigma, bool)
+        or not isinstance(filter_sigma, Real)
+        or not (math.isfinite(filter_sigma) and filter_sigma >= 0)
+    ):
+        raise ValueError(f"`filter_sigma` must be a non-negative finite number, got {filter_sigma!r}")
+    if filter_sigma > 0 and feature_mask is not None:
+        raise ValueError(
+            "`filter_sigma` must be 0 (or None) with a `feature_mask`: feature groups have no spatial grid to filter on"
+        )
+    return float(filter_sigma)
+
+
+class AblationPath(PathAttribution):
     r"""Ablation path saliency: an optimised monotone path of masks from the input to a baseline.
 
     An ablation path is a family of masks :math:`\phi(t)`, :math:`t \in [0, 1]`, one value in [0, 1]
@@ -186,15 +222,15 @@ class AblationPath(GradientAttribution):
 
     Choices where the paper leaves room (documented so that results can be compared):
 
-    * The defaults of ``n_points``, ``step_size``, ``momentum`` and ``filter_sigma`` are ours, picked on
+    * The defaults of ``n_steps``, ``learning_rate``, ``momentum`` and ``filter_sigma`` are ours, picked on
       the digits CNN: the paper's values for them were not available to us (it gives 20-40 iterations
       and zeta = 0.8, which are our defaults). With them the path score on 28x28 digits levels off
-      between 20 and 30 iterations, in line with the paper's 20-40; ``step_size=0.2, momentum=0.9``
+      between 20 and 30 iterations, in line with the paper's 20-40; ``learning_rate=0.2, momentum=0.9``
       gets there in about 10 and about 1% higher. ``filter_sigma`` is in pixels, so large images may
       want a larger value; 0 (no filter) scores higher still but lets the masks follow single pixels,
       which the filter is there to prevent.
     * The max-norm normalisation divides each example's update by its largest entry over all path
-      points and features, so ``step_size`` is the largest change of any mask value per step (before
+      points and features, so ``learning_rate`` is the largest change of any mask value per step (before
       momentum).
     * ``saturation`` (and ``stop_saturation``) is our measure of how binary the masks are, the mean of
       :math:`|2\phi - 1|`; the paper's own stopping rule was not available to us.
@@ -205,7 +241,7 @@ class AblationPath(GradientAttribution):
     * Early stopping on saturation (``stop_saturation``) is per example (so batched runs equal one at a
       time); it is off by default.
 
-    Cost: ``iterations * (T - 2)`` forward+backward passes per example, plus ``T`` forward passes (the
+    Cost: ``n_iterations * (T - 2)`` forward+backward passes per example, plus ``T`` forward passes (the
     end points and the final path's score curve). Besides the model, each iteration does a fixed
     amount of mask arithmetic, about 30 elementwise passes over the ``N * T * G`` mask values (the
     monotone projection is half of it): roughly 15 ms for 32 examples, 16 points and 28x28 masks on
@@ -215,13 +251,67 @@ class AblationPath(GradientAttribution):
     The method has no completeness property: there is no convergence delta.
     """
 
+    _default_baselines = Blur(11, 5.0)
+    _completeness = False
+    _has_path_result = True
+
     def __init__(self, forward_func: Callable) -> None:
         r"""
         Args:
             forward_func (Callable): the model, or any function returning scores of shape
                 ``(N, n_classes)`` (or ``(N,)`` / ``(N, 1)`` with ``score="logit"``).
         """
-        GradientAttribution.__init__(self, forward_func)
+        super().__init__(forward_func)
+
+    @overload
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        baselines: Any = None,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        *,
+        feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
+        n_steps: int = 15,
+        n_iterations: int = 30,
+        learning_rate: float = 0.1,
+        momentum: float = 0.5,
+        zeta: float = 0.8,
+        filter_sigma: Optional[float] = None,
+        score: str = "softmax",
+        stop_saturation: Optional[float] = None,
+        drop_fraction: float = 0.2,
+        internal_batch_size: Optional[int] = None,
+        return_convergence_delta: Literal[False] = False,
+        return_path: Literal[False] = False,
+        generator: Union[None, int, torch.Generator] = None,
+        show_progress: bool = False,
+    ) -> TensorOrTuple: ...
+
+    @overload
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        baselines: Any = None,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        *,
+        feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
+        n_steps: int = 15,
+        n_iterations: int = 30,
+        learning_rate: float = 0.1,
+        momentum: float = 0.5,
+        zeta: float = 0.8,
+        filter_sigma: Optional[float] = None,
+        score: str = "softmax",
+        stop_saturation: Optional[float] = None,
+        drop_fraction: float = 0.2,
+        internal_batch_size: Optional[int] = None,
+        return_convergence_delta: Literal[False] = False,
+        return_path: Literal[True],
+        generator: Union[None, int, torch.Generator] = None,
+        show_progress: bool = False,
+    ) -> Tuple[TensorOrTuple, AblationPathResult]: ...
 
     @log_usage()
     def attribute(
@@ -230,10 +320,11 @@ class AblationPath(GradientAttribution):
         baselines: Any = None,
         target: Any = None,
         additional_forward_args: Any = None,
+        *,
         feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
-        n_points: int = 16,
-        iterations: int = 30,
-        step_size: float = 0.1,
+        n_steps: int = 15,
+        n_iterations: int = 30,
+        learning_rate: float = 0.1,
         momentum: float = 0.5,
         zeta: float = 0.8,
         filter_sigma: Optional[float] = None,
@@ -241,9 +332,10 @@ class AblationPath(GradientAttribution):
         stop_saturation: Optional[float] = None,
         drop_fraction: float = 0.2,
         internal_batch_size: Optional[int] = None,
+        return_convergence_delta: bool = False,
         return_path: bool = False,
-        show_progress: bool = False,
         generator: Union[None, int, torch.Generator] = None,
+        show_progress: bool = False,
     ) -> Union[TensorOrTuple, Tuple[TensorOrTuple, AblationPathResult]]:
         r"""
         Args:
@@ -260,11 +352,12 @@ class AblationPath(GradientAttribution):
             feature_mask (Tensor or tuple[Tensor, ...]): Captum-style integer ids (broadcastable to each
                 input, contiguous from 0): elements with one id share one mask value. Default: one
                 feature per pixel (channels together).
-            n_points (int): ``T >= 3``, points of the path, both ends included. Default 16.
-            iterations (int): optimisation steps, ``>= 0`` (0 returns the straight-line path
+            n_steps (int): ``T - 1 >= 2``, intervals of the path: ``T = n_steps + 1`` points, both ends
+                included. Default 15 (16 points).
+            n_iterations (int): optimisation steps, ``>= 0`` (0 returns the straight-line path
                 :math:`\phi(t) = t`). Default 30 (paper: 20-40 suffice).
-            step_size (float): :math:`\eta > 0`, the largest change of any mask value by one normalised
-                step (before momentum). Default 0.1.
+            learning_rate (float): :math:`\eta > 0`, the largest change of any mask value by one
+                normalised step (before momentum). Default 0.1.
             momentum (float): :math:`\mu \in [0, 1)`, heavy-ball momentum. Default 0.5.
             zeta (float): :math:`\zeta > 0` of the saturation map. Default 0.8 (paper).
             filter_sigma (float): standard deviation in pixels of the spatial Gaussian filter applied to
@@ -274,11 +367,14 @@ class AblationPath(GradientAttribution):
                 output; ``"logit"``: the raw output.
             stop_saturation (float): stop an example's optimisation once its path saturation
                 (:attr:`AblationPathResult.saturation`) reaches this value in (0, 1]. Default ``None``:
-                always run ``iterations``.
+                always run ``n_iterations``.
             drop_fraction (float): in (0, 1); the ``drop_*`` fields of the result mark where the score
                 fell to ``(1 - drop_fraction)`` times its value at the input. Default 0.2 (paper).
-            internal_batch_size (int): most path images per forward+backward pass; ``None`` sends the
-                ``N * (T - 2)`` interior points of an iteration at once.
+            internal_batch_size (int): most path images per forward+backward pass, and the bound of the
+                optimisation state: examples are optimised in groups of ``max(1, internal_batch_size //
+                (T - 2))`` (examples are independent, so the result is the same). ``None``: all examples
+                together, the ``N * (T - 2)`` interior points of an iteration in one pass.
+            return_convergence_delta (bool): must be False: ablation paths have no completeness property.
             return_path (bool): also return the :class:`AblationPathResult`.
             show_progress (bool): a tqdm bar over the model evaluations.
             generator (None, int or torch.Generator): for random baselines (``"uniform"``,
@@ -289,270 +385,199 @@ class AblationPath(GradientAttribution):
             to each input's shape and dtype (a tuple for tuple inputs);
             ``(attributions, AblationPathResult)`` with ``return_path=True``.
         """
-        is_inputs_tuple = is_tuple(inputs)
-        inputs = format_inputs(inputs)
-        n_points = check_positive_int(n_points, "n_points")
-        if n_points < 3:
-            raise ValueError(f"`n_points` must be at least 3 (two fixed end points and a free one), got {n_points}")
-        iterations = check_nonnegative_int(iterations, "iterations")
-        step_size = check_positive_float(step_size, "step_size")
-        momentum = check_probability(momentum, "momentum", high_open=True)
-        zeta = check_positive_float(zeta, "zeta")
-        if score not in _SCORES:
-            raise ValueError(f"`score` must be one of {_SCORES}, got {score!r}")
-        if stop_saturation is not None:
-            stop_saturation = check_probability(stop_saturation, "stop_saturation", low_open=True)
-        drop_fraction = check_probability(drop_fraction, "drop_fraction", low_open=True, high_open=True)
-        internal_batch_size = check_internal_batch_size(internal_batch_size)
-        if not isinstance(return_path, bool):
-            raise TypeError(f"`return_path` must be a bool, got {type(return_path).__name__}")
-        check_same_batch(inputs)
-        check_finite_inputs(inputs)
-        if feature_mask is None and any(x.dim() != 4 for x in inputs):
-            raise ValueError(
-                "AblationPath works on (N, C, H, W) images; got input shape(s) "
-                f"{[tuple(x.shape) for x in inputs]}. Pass a `feature_mask` to define the features of "
-                "other inputs"
-            )
-        if baselines is None and any(x.dim() != 4 for x in inputs):
-            raise ValueError("the default baseline (the blurred input) needs (N, C, H, W) images: pass `baselines`")
-        if filter_sigma is None:
-            filter_sigma = 1.0 if feature_mask is None else 0.0
-        elif (
-            isinstance(filter_sigma, bool)
-            or not isinstance(filter_sigma, Real)
-            or not (math.isfinite(filter_sigma) and filter_sigma >= 0)
-        ):
-            raise ValueError(f"`filter_sigma` must be a non-negative finite number, got {filter_sigma!r}")
-        if filter_sigma > 0 and feature_mask is not None:
-            raise ValueError(
-                "`filter_sigma` must be 0 (or None) with a `feature_mask`: feature groups have no spatial "
-                "grid to filter on"
-            )
-        generator = check_generator(generator)
-        baselines = resolve_baselines(baselines, inputs, default=Blur(), generator=generator)
-        additional_forward_args = format_additional_forward_args(additional_forward_args)
-        group_ids, n_groups = feature_groups(inputs, feature_mask)
-
-        result = self._optimise(
+        options = AblationPathOptions(
+            feature_mask, n_steps, n_iterations, learning_rate, momentum, zeta, filter_sigma, score, stop_saturation,
+            drop_fraction,
+        )  # fmt: skip
+        return self._attribute(
             inputs,
             baselines,
             target,
             additional_forward_args,
-            group_ids,
-            n_groups,
-            spatial=feature_mask is None,
-            n_points=n_points,
-            iterations=iterations,
-            step_size=step_size,
-            momentum=momentum,
-            zeta=zeta,
-            filter_sigma=float(filter_sigma),
-            score=score,
-            stop_saturation=stop_saturation,
-            drop_fraction=drop_fraction,
+            options,
             internal_batch_size=internal_batch_size,
+            return_convergence_delta=return_convergence_delta,
+            return_path=return_path,
+            generator=generator,
             show_progress=show_progress,
         )
-        saliency_groups = (
-            trapezoid_weights(n_points, result.group_masks.dtype, result.group_masks.device).unsqueeze(-1)
-            * (1 - result.group_masks)
-        ).sum(dim=1)
+
+    def _resolve_baselines(self, baselines, inputs, generator):
+        if any(x.dim() != 4 for x in inputs) and not isinstance(baselines, Tensor):
+            # the checks that need the inputs' shapes, before any model pass
+            if baselines is None:
+                raise ValueError(
+                    "the default baseline of AblationPath (the blurred input) needs (N, C, H, W) images, got "
+                    f"input shape(s) {[tuple(x.shape) for x in inputs]}: pass `baselines`"
+                )
+        return super()._resolve_baselines(baselines, inputs, generator)
+
+    def _expected_passes(self, call: PathCall, options: AblationPathOptions) -> int:
+        return call.n_examples * ((options.n_points - 2) * options.n_iterations + options.n_points)
+
+    def _path(self, call: PathCall, options: AblationPathOptions) -> PathOutput:
+        inputs = call.inputs
+        if options.feature_mask is None and any(x.dim() != 4 for x in inputs):
+            raise ValueError(
+                "AblationPath works on (N, C, H, W) images; got input shape(s) "
+                f"{[tuple(x.shape) for x in inputs]}. Pass a `feature_mask` to define the features of other inputs"
+            )
+        group_ids, n_groups = feature_groups(inputs, options.feature_mask)
+        geometry = _PathGeometry(inputs, call.baselines, group_ids, n_groups, pixels=options.feature_mask is None)
+        per_chunk = call.n_examples
+        if call.internal_batch_size is not None:
+            per_chunk = max(1, call.internal_batch_size // (options.n_points - 2))
+        results = [
+            _Optimiser(call, options, geometry, chunk).run() for chunk in chunk_slices(call.n_examples, per_chunk)
+        ]
+        result = results[0] if len(results) == 1 else _concatenate(results)
+        quadrature = trapezoid_weights(options.n_points, result.group_masks.dtype, result.group_masks.device)
+        saliency_groups = (quadrature.unsqueeze(-1) * (1 - result.group_masks)).sum(dim=1)
         flat = torch.gather(saliency_groups, 1, group_ids)
         attributions = tuple(a.to(x.dtype) for a, x in zip(unflatten_inputs(flat, inputs), inputs))
-        attributions = format_output(is_inputs_tuple, attributions)
-        if return_path:
-            if not is_inputs_tuple:
-                result.masks = result.masks[0]
-                result.threshold_mask = result.threshold_mask[0]
-                result.drop_mask = result.drop_mask[0]
-            return attributions, result
-        return attributions
-
-    def _optimise(
-        self,
-        inputs: Tuple[Tensor, ...],
-        baselines: Tuple[Tensor, ...],
-        target: Any,
-        additional_forward_args: Optional[Tuple],
-        group_ids: Tensor,
-        n_groups: int,
-        spatial: bool,
-        n_points: int,
-        iterations: int,
-        step_size: float,
-        momentum: float,
-        zeta: float,
-        filter_sigma: float,
-        score: str,
-        stop_saturation: Optional[float],
-        drop_fraction: float,
-        internal_batch_size: Optional[int],
-        show_progress: bool,
-    ) -> AblationPathResult:
-        device = inputs[0].device
-        # the path lives in float64 so that its constraints hold far below 1e-6 whatever the model dtype
-        mask_dtype = torch.float32 if device.type == "mps" else torch.float64
-        n_examples = inputs[0].shape[0]
-        n_interior = n_points - 2
-        geometry = _PathGeometry(inputs, baselines, group_ids, n_groups, pixels=spatial)
-        # share of the input's elements in each group: the constant-speed constraint's weights
-        weights = (
-            group_sum(torch.ones(group_ids.shape, dtype=mask_dtype, device=device), group_ids, n_groups)
-            / group_ids.shape[1]
+        if not call.need_path:
+            return PathOutput(attributions)
+        result.masks, result.threshold_mask, result.drop_mask = (
+            _element_masks(result.group_masks, group_ids, inputs),
+            None,
+            None,
         )
+        result.threshold_mask = _masks_at(result.masks, result.threshold_index)
+        result.drop_mask = _masks_at(result.masks, result.drop_index)
+        if len(inputs) == 1:
+            result.masks, result.threshold_mask, result.drop_mask = (
+                result.masks[0],
+                result.threshold_mask[0],
+                result.drop_mask[0],
+            )
+        return PathOutput(attributions, None, result)
+
+
+def _concatenate(results: List[AblationPathResult]) -> AblationPathResult:
+    """One result from the results of consecutive groups of examples (per-example fields joined on dim 0)."""
+    first = results[0]
+    joined = {}
+    for name in ("group_masks", "scores", "path_score", "path_score_history", "iterations_run", "saturation"):
+        joined[name] = torch.cat([getattr(r, name) for r in results])
+    for name in ("target_is_top", "threshold_index", "threshold_time", "drop_index", "drop_time"):
+        joined[name] = torch.cat([getattr(r, name) for r in results])
+    return AblationPathResult(
+        times=first.times, masks=(), threshold_mask=(), drop_mask=(), drop_fraction=first.drop_fraction,
+        score_kind=first.score_kind, **joined,
+    )  # fmt: skip
+
+
+class _Optimiser:
+    """The optimisation of the ablation paths of a group of examples (rows ``examples`` of the call).
+
+    The path lives time-major, ``(T, n, G)``: ``path[k]`` holds every example's mask at ``times[k]``, so the
+    interior points are the model's rows (point-major: row ``k * n + j`` shows example ``j`` at interior point
+    ``k + 1``). It is float64 (float32 on MPS) so that the constraints hold far below 1e-6 whatever the model.
+    """
+
+    def __init__(self, call: PathCall, options: AblationPathOptions, geometry: "_PathGeometry", examples: slice):
+        self.call, self.options, self.geometry = call, options, geometry
+        device = call.inputs[0].device
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.examples = torch.arange(examples.start, examples.stop, device=device)
+        n, t, g = self.examples.numel(), options.n_points, geometry.n_groups
+        group_ids = geometry.group_ids_of(self.examples)
+        # share of the input's elements in each group: the constant-speed constraint's weights
+        ones = torch.ones(group_ids.shape, dtype=self.dtype, device=device)
+        weights = group_sum(ones, group_ids, g) / group_ids.shape[1]
         # equal weights (one group per pixel, or groups of one size): plain means, no weights needed
-        mean_weights = None if bool((weights == weights[:, :1]).all()) else weights
-        times = torch.linspace(0, 1, n_points, dtype=mask_dtype, device=device)
-        quadrature = trapezoid_weights(n_points, mask_dtype, device)
-        # time-major (T, N, G): path[k] holds every example's mask at times[k], so the interior points
-        # are the model's rows (point-major: row k * N + j shows example j at interior point k + 1)
-        path = times.reshape(n_points, 1, 1).expand(n_points, n_examples, n_groups).clone()
-        velocity = torch.zeros(n_interior, n_examples, n_groups, dtype=mask_dtype, device=device)
-        forward = _scored_forward(self.forward_func, score)
-        spatial_blocks = _spatial_blocks(inputs) if spatial and filter_sigma > 0 else None
-        example_args = _ExampleArgs(target, additional_forward_args, n_examples)
+        self.weights = None if bool((weights == weights[:, :1]).all()) else weights
+        self.times = torch.linspace(0, 1, t, dtype=self.dtype, device=device)
+        self.quadrature = trapezoid_weights(t, self.dtype, device)
+        self.path = self.times.reshape(t, 1, 1).expand(t, n, g).clone()
+        self.velocity = torch.zeros(t - 2, n, g, dtype=self.dtype, device=device)
+        self.forward = _scored_forward(call.forward_func, options.score)
+        self.blocks = (
+            _spatial_blocks(call.inputs) if options.feature_mask is None and options.filter_sigma > 0 else None
+        )
+        self.history = torch.full((n, options.n_iterations + 1), math.nan, dtype=self.dtype, device=device)
+        self.iterations_run = torch.zeros(n, dtype=torch.long, device=device)
 
-        rows_per_iteration = n_examples * n_interior
-        chunks_per_iteration = len(chunk_slices(rows_per_iteration, internal_batch_size))
-        total = (iterations + 1) * chunks_per_iteration + len(chunk_slices(2 * n_examples, internal_batch_size))
-        history = torch.full((n_examples, iterations + 1), math.nan, dtype=mask_dtype, device=device)
-        iterations_run = torch.zeros(n_examples, dtype=torch.long, device=device)
-        all_examples = torch.arange(n_examples, device=device)
-        active = all_examples
-        with progress_bar(show_progress, total=total, desc="AblationPath", unit="batch") as bar:
-            ends = torch.cat(
-                [
-                    torch.zeros(n_examples, n_groups, dtype=mask_dtype, device=device),
-                    torch.ones(n_examples, n_groups, dtype=mask_dtype, device=device),
-                ]
-            )
-            end_scores, end_top = self._evaluate(
-                forward, geometry, example_args, all_examples.repeat(2), ends, internal_batch_size, bar
-            )
-            end_scores = end_scores.reshape(2, n_examples).to(mask_dtype)
-            end_top = end_top.reshape(2, n_examples)
-            end_contribution = quadrature[0] * end_scores[0] + quadrature[-1] * end_scores[1]
+    def run(self) -> AblationPathResult:
+        n = self.examples.numel()
+        ends = torch.cat([self.path[0], self.path[-1]])
+        end_scores, end_top = self._scores(self.examples.repeat(2), ends)
+        end_scores, end_top = end_scores.reshape(2, n).to(self.dtype), end_top.reshape(2, n)
+        self.end_contribution = self.quadrature[0] * end_scores[0] + self.quadrature[-1] * end_scores[1]
+        active = torch.arange(n, device=self.examples.device)
+        for iteration in range(self.options.n_iterations):
+            if active.numel() == 0:
+                break
+            active = self._iterate(iteration, active)
+        mid_scores, mid_top = self._scores(
+            self.examples.repeat(self.options.n_points - 2), self.path[1:-1].reshape(-1, self.path.shape[-1])
+        )
+        return self._result(end_scores, end_top, mid_scores, mid_top)
 
-            for iteration in range(iterations):
-                n_active = active.numel()
-                if n_active == 0:
-                    break
-                every = n_active == n_examples  # the whole state in place instead of index copies
-                current = path if every else path[:, active]
-                row_examples = active.repeat(n_interior)
-                row_masks = current[1:-1].reshape(-1, n_groups)
-                gradient = torch.empty(row_examples.numel(), n_groups, dtype=mask_dtype, device=device)
-                row_scores = torch.empty(row_examples.numel(), dtype=mask_dtype, device=device)
-                for rows in chunk_slices(row_examples.numel(), internal_batch_size):
-                    examples = row_examples[rows]
-                    images = geometry.images(examples, row_masks[rows])
-                    grads, scores = gradients_and_scores(
-                        self.gradient_func, forward, images, *example_args.rows(examples)
-                    )
-                    gradient[rows] = geometry.mask_gradient(examples, grads)
-                    row_scores[rows] = scores
-                    bar.update()
-                gradient = gradient.view(n_interior, n_active, n_groups)
-                history[active, iteration] = end_contribution[active] + quadrature[1:-1] @ row_scores.view(
-                    n_interior, n_active
-                )
+    def _scores(self, row_examples: Tensor, row_masks: Tensor) -> Tuple[Tensor, Tensor]:
+        """Scores and 'target is the top output' of path images, without gradients: ``(R,)`` each."""
+        images = self.geometry.images(row_examples, row_masks)
+        return self.call.scores(images, row_examples, forward=self.forward, top=True)
 
-                w = mean_weights if mean_weights is None or every else mean_weights[active]
-                step = max_norm_normalise(tangent_projection(gradient, w), dim=1, inplace=True)
-                moved = velocity if every else velocity[:, active]
-                moved.mul_(momentum).add_(step)
-                if not every:
-                    velocity[:, active] = moved
-                interior = saturate(current[1:-1].add_(moved, alpha=step_size), zeta, inplace=True)
-                if spatial_blocks is not None:
-                    _filter_blocks(interior, spatial_blocks, filter_sigma, out=current[1:-1])
-                current = repair_path_time_major_(current, w)
-                if every:
-                    path = current
-                else:
-                    path[:, active] = current
-                iterations_run[active] += 1
-                if stop_saturation is not None:
-                    done = path_saturation_time_major(current, w) >= stop_saturation
-                    active = active[~done]
+    def _iterate(self, iteration: int, active: Tensor) -> Tensor:
+        """One optimisation step of the ``active`` examples (local indices); returns those still active."""
+        opts, n_interior = self.options, self.options.n_points - 2
+        n_active, n_groups = active.numel(), self.path.shape[-1]
+        every = n_active == self.examples.numel()  # the whole state in place instead of index copies
+        current = self.path if every else self.path[:, active]
+        row_examples = self.examples[active].repeat(n_interior)
+        images = self.geometry.images(row_examples, current[1:-1].reshape(-1, n_groups))
+        grads, row_scores = self.call.gradients(images, row_examples, forward=self.forward)
+        gradient = self.geometry.mask_gradient(row_examples, grads).to(self.dtype).view(n_interior, n_active, n_groups)
+        interior_scores = row_scores.to(self.dtype).view(n_interior, n_active)
+        self.history[active, iteration] = self.end_contribution[active] + self.quadrature[1:-1] @ interior_scores
+        w = self.weights if self.weights is None or every else self.weights[active]
+        step = max_norm_normalise(tangent_projection(gradient, w), dim=1, inplace=True)
+        moved = self.velocity if every else self.velocity[:, active]
+        moved.mul_(opts.momentum).add_(step)
+        if not every:
+            self.velocity[:, active] = moved
+        interior = saturate(current[1:-1].add_(moved, alpha=opts.learning_rate), opts.zeta, inplace=True)
+        if self.blocks is not None:
+            _filter_blocks(interior, self.blocks, opts.filter_sigma, out=current[1:-1])
+        current = repair_path_time_major_(current, w)
+        if every:
+            self.path = current
+        else:
+            self.path[:, active] = current
+        self.iterations_run[active] += 1
+        if opts.stop_saturation is None:
+            return active
+        return active[path_saturation_time_major(current, w) < opts.stop_saturation]
 
-            # the final path: scores (and top class) at the interior points, no gradients
-            row_masks = path[1:-1].reshape(-1, n_groups)
-            mid_scores, mid_top = self._evaluate(
-                forward,
-                geometry,
-                example_args,
-                all_examples.repeat(n_interior),
-                row_masks,
-                internal_batch_size,
-                bar,
-            )
-        mid_scores = mid_scores.reshape(n_interior, n_examples).transpose(0, 1).to(mask_dtype)
-        mid_top = mid_top.reshape(n_interior, n_examples).transpose(0, 1)
+    def _result(self, end_scores, end_top, mid_scores, mid_top) -> AblationPathResult:
+        n, n_interior = self.examples.numel(), self.options.n_points - 2
+        mid_scores = mid_scores.reshape(n_interior, n).transpose(0, 1).to(self.dtype)
+        mid_top = mid_top.reshape(n_interior, n).transpose(0, 1)
         scores = torch.cat([end_scores[0].unsqueeze(1), mid_scores, end_scores[1].unsqueeze(1)], dim=1)
         is_top = torch.cat([end_top[0].unsqueeze(1), mid_top, end_top[1].unsqueeze(1)], dim=1)
-        path_score = (scores * quadrature).sum(dim=1)
-        history[all_examples, iterations_run] = path_score
-        masks = path.transpose(0, 1).contiguous()  # (N, T, G) for the result
-
+        path_score = (scores * self.quadrature).sum(dim=1)
+        self.history[torch.arange(n, device=scores.device), self.iterations_run] = path_score
         threshold_index = first_index(~is_top)
-        drop_index = first_index(scores <= (1 - drop_fraction) * scores[:, :1])
-        element_masks = _element_masks(masks, group_ids, inputs)
+        drop_index = first_index(scores <= (1 - self.options.drop_fraction) * scores[:, :1])
         return AblationPathResult(
-            times=times,
-            masks=element_masks,
-            group_masks=masks,
+            times=self.times,
+            masks=(),
+            group_masks=self.path.transpose(0, 1).contiguous(),  # (n, T, G)
             scores=scores,
             path_score=path_score,
-            path_score_history=history,
-            iterations_run=iterations_run,
-            saturation=path_saturation_time_major(path, mean_weights),
+            path_score_history=self.history,
+            iterations_run=self.iterations_run,
+            saturation=path_saturation_time_major(self.path, self.weights),
             target_is_top=is_top,
             threshold_index=threshold_index,
-            threshold_time=_index_times(times, threshold_index),
-            threshold_mask=_masks_at(element_masks, threshold_index),
+            threshold_time=_index_times(self.times, threshold_index),
+            threshold_mask=(),
             drop_index=drop_index,
-            drop_time=_index_times(times, drop_index),
-            drop_mask=_masks_at(element_masks, drop_index),
-            drop_fraction=drop_fraction,
-            score_kind=score,
-        )
-
-    def _evaluate(
-        self,
-        forward: Callable,
-        geometry: "_PathGeometry",
-        example_args: "_ExampleArgs",
-        row_examples: Tensor,
-        row_masks: Tensor,
-        internal_batch_size: Optional[int],
-        bar: Any,
-    ) -> Tuple[Tensor, Tensor]:
-        """Scores and 'target is the top output' of path images, without gradients: ``(R,)`` each."""
-        scores, tops = [], []
-        with torch.no_grad():
-            for rows in chunk_slices(row_examples.numel(), internal_batch_size):
-                examples = row_examples[rows]
-                row_target, row_args = example_args.rows(examples)
-                output = run_forward(forward, geometry.images(examples, row_masks[rows]), None, row_args)
-                selected = target_scores(output, row_target, examples.numel())
-                scores.append(selected)
-                tops.append(selected >= output.reshape(examples.numel(), -1).max(dim=1).values)
-                bar.update()
-        return torch.cat(scores), torch.cat(tops)
-
-
-class _ExampleArgs:
-    """``target`` and ``additional_forward_args`` for rows that show given examples."""
-
-    def __init__(self, target: Any, additional_forward_args: Optional[Tuple], n_examples: int):
-        self.target, self.args, self.n_examples = target, additional_forward_args, n_examples
-
-    def rows(self, examples: Tensor) -> Tuple[Any, Optional[Tuple]]:
-        return (
-            subset_target(self.target, examples, self.n_examples),
-            subset_additional_forward_args(self.args, examples, self.n_examples),
+            drop_time=_index_times(self.times, drop_index),
+            drop_mask=(),
+            drop_fraction=self.options.drop_fraction,
+            score_kind=self.options.score,
         )
 
 
@@ -576,15 +601,22 @@ class _PathGeometry:
             self.delta = (flatten_inputs(baselines) - self.x).detach()
             self.group_ids = group_ids.contiguous()
 
+    def group_ids_of(self, examples: Tensor) -> Tensor:
+        """``(n, D)`` group ids of ``examples`` (the per-pixel ids for the pixel-image fast path)."""
+        if self.pixel_image:
+            height, width = self.x.shape[2:]
+            return torch.arange(height * width, device=self.x.device).expand(examples.numel(), -1)
+        return self.group_ids[examples]
+
     def images(self, examples: Tensor, row_masks: Tensor) -> Tuple[Tensor, ...]:
-        """Path images as leaf tensors that require grad (tuple like the inputs)."""
+        """Path images ``x + (x' - x) * phi`` of rows showing ``examples`` (tuple like the inputs)."""
         if self.pixel_image:
             n_rows, (_, height, width) = examples.numel(), self.x.shape[1:]
             mask = row_masks.to(self.x.dtype).reshape(n_rows, 1, height, width)
-            return (torch.addcmul(self.x[examples], self.delta[examples], mask).requires_grad_(),)
+            return (torch.addcmul(self.x[examples], self.delta[examples], mask),)
         element_masks = torch.gather(row_masks, 1, self.group_ids[examples]).to(self.x.dtype)
         flat = torch.addcmul(self.x[examples], self.delta[examples], element_masks)
-        return tuple(t.detach().requires_grad_() for t in unflatten_inputs(flat, self.like))
+        return unflatten_inputs(flat, self.like)
 
     def mask_gradient(self, examples: Tensor, grads: Tuple[Tensor, ...]) -> Tensor:
         """Chain rule through ``x + delta * phi``: per group, the sum of ``grad * delta``: ``(R, G)``."""
