@@ -1,0 +1,308 @@
+"""GuidedIG: PAIR saliency's toy properties, equality with PAIR's implementation, IDGI, the step's maths.
+
+PAIR saliency 0.2.1 (test-only dependency) calls ``np.quantile(..., interpolation=...)``, which NumPy 2
+removed: the oracle below runs its ``guided_ig_impl`` with that keyword mapped to ``method=``.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from captum.attr import IntegratedGradients
+
+from captum_paths.attr import GuidedIG
+from captum_paths.attr._core.guided_ig import (
+    GuidedPath,
+    guided_step_,
+    guided_step_bounds,
+    l1_isclose,
+    lower_quantile,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: thread hand-offs cost more than the work (and the machine is shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------------------------------
+# toy models of PAIR's guided_ig_test.py, as torch modules on (N, 2) inputs
+
+
+class Linear2(nn.Module):  # 2 x1 + x2
+    def forward(self, x):
+        return 2 * x[:, 0] + x[:, 1]
+
+
+class IndependentQuadratic(nn.Module):  # 2 x1^2 + x2^2
+    def forward(self, x):
+        return 2 * x[:, 0] ** 2 + x[:, 1] ** 2
+
+
+class DependentQuadratic(nn.Module):  # (2 x1 + x2)^2
+    def forward(self, x):
+        return (2 * x[:, 0] + x[:, 1]) ** 2
+
+
+def gig(model, x, baseline=None, **kwargs):
+    x = torch.tensor(x, dtype=torch.float64)
+    if baseline is not None:
+        baseline = torch.tensor(baseline, dtype=torch.float64)
+    return GuidedIG(model).attribute(x, baseline, **kwargs)
+
+
+def test_pair_linear_is_ig_whatever_the_knobs():
+    out = gig(Linear2(), [[10.0, 5.0], [10.0, 5.0]], [[-1.0, -3.0], [0.0, 0.0]], n_steps=10, fraction=0.1, max_dist=0.5)
+    torch.testing.assert_close(out, torch.tensor([[22.0, 8.0], [20.0, 5.0]], dtype=torch.float64))
+    default_baseline = gig(Linear2(), [[10.0, 5.0]], n_steps=10, fraction=0.1, max_dist=0.5)
+    torch.testing.assert_close(default_baseline, torch.tensor([[20.0, 5.0]], dtype=torch.float64))
+
+
+def test_pair_independent_quadratic_both_directions():
+    out = gig(
+        IndependentQuadratic(), [[3.0, 3.0], [0.0, 0.0]], [[0.0, 0.0], [3.0, 3.0]], n_steps=1000, fraction=0.1,
+        max_dist=0.4,
+    )  # fmt: skip
+    expected = torch.tensor([[18.0, 9.0], [-18.0, -9.0]], dtype=torch.float64)
+    torch.testing.assert_close(out, expected, rtol=0.01, atol=0)
+
+
+def test_pair_dependent_quadratic():
+    x = [[3.0, 3.0]] * 4
+    model = DependentQuadratic()
+    ig_like = torch.cat(
+        [
+            gig(model, x[:1], n_steps=1000, fraction=0.1, max_dist=0.0),  # no deviation: IG
+            gig(model, x[:1], n_steps=1000, fraction=1.0, max_dist=0.5),  # every feature moves: IG
+        ]
+    )
+    torch.testing.assert_close(ig_like, torch.tensor([[54.0, 27.0]] * 2, dtype=torch.float64), rtol=0.01, atol=0)
+    unbounded = gig(model, x[:1], n_steps=1000, fraction=0.1, max_dist=1.0)  # x2 moves first: f(0, 3) = 9
+    torch.testing.assert_close(unbounded, torch.tensor([[72.0, 9.0]], dtype=torch.float64), rtol=0.01, atol=0)
+    bounded, delta = gig(model, x[:1], n_steps=1000, fraction=0.1, max_dist=0.2, return_convergence_delta=True)
+    assert abs(float(bounded.sum()) - 81.0) < 0.1 and abs(float(delta)) < 0.1
+    assert 55.0 < float(bounded[0, 0]) < 71.0 and 10.0 < float(bounded[0, 1]) < 26.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# equality with PAIR saliency's implementation
+
+
+@pytest.fixture(scope="module")
+def pair_guided_ig():
+    saliency = pytest.importorskip("saliency.core.guided_ig")
+    quantile = np.quantile
+
+    def numpy2_quantile(a, q, interpolation=None, **kwargs):  # the keyword NumPy 2 renamed
+        return quantile(a, q, method=interpolation or "linear", **kwargs)
+
+    def run(model, x, baseline, target, **kwargs):
+        def grad_func(z):
+            point = torch.tensor(z).unsqueeze(0).requires_grad_()
+            out = model(point)
+            out = out[0] if target is None else out[0, target]
+            return torch.autograd.grad(out, point)[0][0].numpy()
+
+        np.quantile = numpy2_quantile
+        try:
+            return saliency.guided_ig_impl(x.numpy(), baseline.numpy(), grad_func, **kwargs)
+        finally:
+            np.quantile = quantile
+
+    return run
+
+
+def small_cnn(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 5)
+    ).double()  # fmt: skip
+
+
+class Quadratic(nn.Module):
+    """``f(x) = (w . x)^2 + sum(a x^2)``: coupled features, smooth."""
+
+    def __init__(self, n, seed=1):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w = torch.randn(n, generator=g, dtype=torch.float64)
+        self.a = torch.rand(n, generator=g, dtype=torch.float64)
+
+    def forward(self, x):
+        flat = x.reshape(x.shape[0], -1)
+        return (flat @ self.w) ** 2 + (self.a * flat**2).sum(dim=1)
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        dict(n_steps=200, fraction=0.25, max_dist=0.02),  # PAIR's defaults
+        dict(n_steps=25, fraction=0.5, max_dist=1.0),  # the SAMP authors' setting
+        dict(n_steps=15, fraction=0.1, max_dist=0.2),
+        dict(n_steps=10, fraction=0.0, max_dist=0.1),
+    ],
+)
+def test_equals_pair_on_a_cnn(pair_guided_ig, knobs):
+    model = small_cnn()
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(3, 2, 8, 8, generator=g, dtype=torch.float64)
+    x[0, :, :3] = 0.0  # a zero region: many exactly tied (zero) gradients at the start
+    baselines = torch.rand(3, 2, 8, 8, generator=g, dtype=torch.float64) * 0.3
+    baselines[1] = 0.0
+    target = [0, 3, 4]
+    ours = GuidedIG(model).attribute(x, baselines, target, internal_batch_size=2, **knobs)
+    pair_knobs = dict(steps=knobs["n_steps"], fraction=knobs["fraction"], max_dist=knobs["max_dist"])
+    for i in range(3):
+        ref = torch.from_numpy(pair_guided_ig(model, x[i], baselines[i], target[i], **pair_knobs))
+        torch.testing.assert_close(ours[i], ref, rtol=1e-6, atol=1e-6 * float(ref.abs().max()))
+
+
+def test_equals_pair_on_a_quadratic_model_with_equal_features(pair_guided_ig):
+    model = Quadratic(12)
+    x = torch.linspace(-1, 2, 24, dtype=torch.float64).reshape(2, 12)
+    baselines = torch.zeros_like(x)
+    baselines[1, :6] = x[1, :6]  # half the features already at the input: never move
+    ours = GuidedIG(model).attribute(x, baselines, n_steps=40, fraction=0.3, max_dist=0.1)
+    for i in range(2):
+        ref = torch.from_numpy(pair_guided_ig(model, x[i], baselines[i], None, steps=40, fraction=0.3, max_dist=0.1))
+        torch.testing.assert_close(ours[i], ref, rtol=1e-6, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------------
+# reductions, completeness, IDGI, batching
+
+
+def test_zero_max_dist_is_left_riemann_ig():
+    model = small_cnn(3)
+    x = torch.rand(2, 2, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    ours = GuidedIG(model).attribute(x, target=1, n_steps=16, max_dist=0.0)
+    ig = IntegratedGradients(model).attribute(x, target=1, n_steps=16, method="riemann_left")
+    torch.testing.assert_close(ours, ig, rtol=1e-9, atol=1e-12)
+
+
+def test_completeness_on_a_smooth_model_improves_with_steps():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(18, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    torch.manual_seed(5)
+    x = torch.randn(3, 2, 9, dtype=torch.float64)
+    deltas = [
+        GuidedIG(model).attribute(x, n_steps=n, fraction=0.25, max_dist=0.1, return_convergence_delta=True)[1]
+        for n in (20, 320)
+    ]
+    assert float(deltas[1].abs().max()) < 0.1 * float(deltas[0].abs().max())
+    assert float(deltas[1].abs().max()) < 1e-2
+
+
+def test_idgi_closed_form_on_a_linear_model_and_exact_completeness():
+    w = torch.tensor([2.0, -1.0, 0.5, 0.0], dtype=torch.float64)
+
+    class Linear(nn.Module):
+        def forward(self, x):
+            return x @ w
+
+    x = torch.tensor([[1.0, 2.0, -3.0, 4.0], [0.5, 0.5, 0.5, 0.5]], dtype=torch.float64)
+    out, delta = GuidedIG(Linear()).attribute(x, n_steps=7, idgi=True, return_convergence_delta=True)
+    # constant gradient w: every segment splits its score change by w^2 / ||w||^2
+    expected = (x @ w)[:, None] * w**2 / (w**2).sum()
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(delta, torch.zeros(2, dtype=torch.float64), rtol=0, atol=1e-12)
+    _, delta = GuidedIG(small_cnn()).attribute(torch.rand(2, 2, 8, 8, dtype=torch.float64), target=2, idgi=True,
+                                                n_steps=9, return_convergence_delta=True)  # fmt: skip
+    torch.testing.assert_close(delta, torch.zeros(2, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_example_equal_to_its_baseline_gets_zeros_without_model_passes():
+    calls = []
+
+    class Counting(nn.Module):
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return (x**2).sum(dim=1)
+
+    x = torch.tensor([[1.0, 2.0], [0.0, 0.0], [3.0, -1.0]], dtype=torch.float64)
+    out, delta = GuidedIG(Counting()).attribute(x, n_steps=5, return_convergence_delta=True)
+    assert out[1].abs().sum() == 0 and delta[1] == 0
+    assert calls == [2] * 6  # 5 steps and the score at x, of the two other examples only
+    alone = torch.cat([GuidedIG(Counting()).attribute(x[i : i + 1], n_steps=5) for i in (0, 2)])
+    torch.testing.assert_close(out[[0, 2]], alone, rtol=0, atol=0)
+
+
+def test_float32_inputs_keep_a_float64_path():
+    model = small_cnn().float()
+    x = torch.rand(2, 2, 8, 8, generator=torch.Generator().manual_seed(6))
+    out, delta = GuidedIG(model).attribute(x, target=0, n_steps=30, max_dist=1.0, return_convergence_delta=True)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all() and delta.shape == (2,)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the small functions
+
+
+def test_lower_quantile_is_numpy_lower_with_infinities():
+    g = torch.Generator().manual_seed(7)
+    values = torch.rand(4, 37, generator=g, dtype=torch.float64)
+    values[0, :10] = math.inf
+    values[1] = math.inf
+    values[2, :20] = 0.0
+    for q in (0.0, 0.1, 0.25, 0.5, 0.99, 1.0):
+        expected = np.quantile(values.numpy(), q, axis=1, method="lower")
+        np.testing.assert_array_equal(lower_quantile(values, q).numpy(), expected)
+
+
+def test_l1_isclose_is_math_isclose():
+    pairs = [(1.0, 1.0 + 5e-10), (1.0, 1.0 + 2e-9), (0.0, 5e-10), (0.0, 2e-9), (1e6, 1e6 + 1e-3), (1e6, 1e6 + 1e-2)]
+    a = torch.tensor([p[0] for p in pairs], dtype=torch.float64)
+    b = torch.tensor([p[1] for p in pairs], dtype=torch.float64)
+    expected = [math.isclose(p[1], p[0], rel_tol=1e-9, abs_tol=1e-9) for p in pairs]
+    assert l1_isclose(b, a).tolist() == expected
+
+
+def test_step_bounds():
+    b = guided_step_bounds(0, 4, 0.3)
+    assert (b.alpha_lo, b.alpha_hi, b.remaining) == (0.0, 0.25 + 0.3, 0.75)
+    b = guided_step_bounds(3, 4, 0.3)
+    assert (b.alpha_lo, b.alpha_hi, b.remaining) == (1.0 - 0.3, 1.0, 0.0)
+
+
+def test_step_reaches_its_l1_target_inside_the_band_moving_toward_the_input():
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(5, 50, generator=g, dtype=torch.float64)
+    b = torch.randn(5, 50, generator=g, dtype=torch.float64)
+    b[:, :5] = x[:, :5]  # features with D = 0
+    path = GuidedPath(b.clone(), x, b, x - b, (x - b).abs().sum(dim=1))
+    for step in range(6):
+        before = path.z.clone()
+        grads = torch.randn(5, 50, generator=g, dtype=torch.float64)
+        grads[:, 10:20] = 0.0  # ties
+        bounds = guided_step_bounds(step, 6, 0.15)
+        attributions = torch.zeros_like(x)
+        guided_step_(path, grads, bounds, 0.2, attributions)
+        torch.testing.assert_close(attributions, (path.z - before) * grads, rtol=1e-12, atol=1e-12)
+        l1 = (path.z - x).abs().sum(dim=1)
+        torch.testing.assert_close(l1, path.l1_total * bounds.remaining, rtol=1e-9, atol=1e-9)
+        progress = ((path.z - b) / (x - b))[:, 5:]
+        assert bool((progress >= bounds.alpha_lo - 1e-12).all() and (progress <= bounds.alpha_hi + 1e-12).all())
+        assert bool(((path.z - before) * (x - b) >= 0).all())  # only ever toward the input
+    torch.testing.assert_close(path.z, x, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(n_steps=0), "n_steps"),
+        (dict(fraction=1.5), "fraction"),
+        (dict(max_dist=-0.1), "max_dist"),
+        (dict(idgi="yes"), "idgi"),
+    ],
+)
+def test_bad_knobs_raise_before_any_pass(kwargs, match):
+    def forward(x):
+        raise AssertionError("no model pass expected")
+
+    with pytest.raises((ValueError, TypeError), match=match):
+        GuidedIG(forward).attribute(torch.ones(1, 2), **kwargs)
