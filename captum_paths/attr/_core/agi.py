@@ -10,7 +10,7 @@ from typing import Any, Callable, List, Literal, Optional, Tuple, Union, overloa
 import torch
 from torch import Tensor
 
-from captum_paths.attr._core.base import PathAttribution, PathCall, PathOutput, _check_finite_pass
+from captum_paths.attr._core.base import PathAttribution, PathCall, PathOutput, check_finite_pass
 from captum_paths.attr._utils.captum_compat import (
     TensorOrTuple,
     compute_gradients,
@@ -413,7 +413,7 @@ class AdversarialGradientIntegration(PathAttribution):
                 examples = torch.arange(rows.start, rows.stop, device=call.inputs[0].device)
                 _, args = call.rows_of(examples)
                 output = _check_output(run_forward(call.forward_func, tuple(x[rows] for x in call.inputs), None, args))
-                _check_finite_pass(output, (), examples)
+                check_finite_pass(output, (), examples)
                 outputs.append(output)
                 call.bar.update(rows.stop - rows.start)
         return torch.cat(outputs)
@@ -481,7 +481,7 @@ class AdversarialGradientIntegration(PathAttribution):
                 reached, g_adv, g_true, output = self._through_gradient_func(
                     call.forward_func, leaves, args, false_classes, true_classes, options
                 )
-        _check_finite_pass(output, () if g_adv is None else g_adv + g_true, examples)
+        check_finite_pass(output, () if g_adv is None else g_adv + g_true, examples)
         call.bar.update(int(examples.shape[0]))
         return reached, g_adv, g_true
 
@@ -649,6 +649,13 @@ def _check_clamp(value: Any) -> Bounds:
     return (float(low) if isinstance(low, Real) else low, float(high) if isinstance(high, Real) else high)
 
 
+def _broadcasts(shape: torch.Size, target: torch.Size) -> bool:
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
 def _input_bounds(clamp: Bounds, inputs: Tuple[Tensor, ...]) -> List[Tuple[Any, Any]]:
     """``clamp`` as per-input ``(low, high)`` (tensors on each input's device and dtype, with a leading row
     dimension); warns when an input lies outside its bounds (the iterates would jump to them)."""
@@ -659,7 +666,7 @@ def _input_bounds(clamp: Bounds, inputs: Tuple[Tensor, ...]) -> List[Tuple[Any, 
         pair = []
         for bound in clamp:
             if isinstance(bound, Tensor):
-                if torch.broadcast_shapes(bound.shape, x.shape[1:]) != x.shape[1:]:
+                if not _broadcasts(bound.shape, x.shape[1:]):
                     raise ValueError(
                         f"`clamp` bound of shape {tuple(bound.shape)} does not broadcast to the per-example shape "
                         f"{tuple(x.shape[1:])} of inputs[{i}]"
