@@ -10,7 +10,15 @@ Other data (nothing is downloaded unless ``--download`` is given):
 * ``--dataset mnist --data-root DIR`` / ``--dataset cifar10 --data-root DIR``: torchvision's MNIST or
   CIFAR-10 under DIR (the SAMP paper's CNN is trained on it, once, and cached);
 * ``--dataset imagenet --data-root DIR --weights FILE``: an ImageNet-style folder (one sub-folder per
-  class) explained with torchvision's ResNet-50 and the user's weights file.
+  class) explained with torchvision's ResNet-50 and the user's weights file;
+* ``--dataset folder --data-root DIR --model mypkg.models:build``: any ImageFolder-style folder (resized
+  to 256, centre-cropped to 224) explained with the model that ``build()`` returns (``--model`` also
+  replaces the trained CNN on the built-in data sets).
+
+Scaling out: ``torchrun --nproc_per_node=K -m captum_paths.benchmark ...`` shards the images over K
+processes (gloo on CPU; NCCL with ``--device cuda``, one GPU per local rank); rank 0 writes the same
+files as a single process. Finished chunks are recorded in ``--out``/progress: re-running the same
+command resumes; a folder holding other settings is refused (``--overwrite`` discards it).
 
 Bad arguments print one line and exit with code 2.
 """
@@ -20,7 +28,7 @@ import sys
 from typing import List, Optional
 
 from captum_paths.benchmark.methods import METHOD_NAMES
-from captum_paths.benchmark.runner import DATASETS, BenchmarkConfig, BenchmarkError, run_benchmark
+from captum_paths.benchmark.runner import DATASETS, METRICS, BenchmarkConfig, BenchmarkError, run_benchmark
 
 __all__ = ["main", "build_parser"]
 
@@ -47,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=details + "\n\nMethods: " + ", ".join(METHOD_NAMES) + ". Datasets: " + ", ".join(DATASETS) + ".",
     )
     p.add_argument(
-        "--dataset", default="digits", help="digits (default, ships with scikit-learn), mnist, cifar10, imagenet"
+        "--dataset",
+        default="digits",
+        help="digits (default, ships with scikit-learn), mnist, cifar10, imagenet, folder",
     )
     p.add_argument(
         "--methods",
@@ -66,7 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     p.add_argument("--out", default="benchmark-results", help="output folder (created)")
     p.add_argument("--data-root", default=None, help="data folder for mnist / cifar10 / imagenet")
-    p.add_argument("--weights", default=None, help="ResNet-50 weights file for --dataset imagenet")
+    p.add_argument("--weights", default=None, help="ResNet-50 weights file (a state dict) for imagenet / folder")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="module:function returning your model (nn.Module in eval mode, images in [0, 1] -> logits)",
+    )
+    p.add_argument(
+        "--metrics",
+        type=_methods,
+        default=None,
+        help="comma-separated subset of: " + ", ".join(METRICS) + " (default: all)",
+    )
     p.add_argument("--download", action="store_true", help="let torchvision download MNIST / CIFAR-10 into --data-root")
     p.add_argument(
         "--cache-dir", default=None, help="trained-model cache (default $CAPTUM_PATHS_CACHE or ~/.cache/captum_paths)"
@@ -85,7 +106,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch CPU threads (default 1: on a shared 2-core machine, small batches with 2 threads "
         "ran 10-20x slower from oversubscription; 0 keeps torch's default)",
     )
-    p.add_argument("--batch-size", type=int, default=25, help="images explained together (bounds memory)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images explained together, the unit of sharding and resuming (default 25; 1 on 224x224 images)",
+    )
+    p.add_argument(
+        "--max-rows",
+        type=int,
+        default=None,
+        help="perturbed images per forward pass in the metrics (default 8 x batch size; 16 on 224x224 images)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="discard the progress in --out instead of resuming or refusing it"
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=6 * 3600.0,
+        help="seconds a rank waits for the others at the end of a torchrun run (default 21600)",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -108,6 +149,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         out=args.out,
         data_root=args.data_root,
         weights=args.weights,
+        model=args.model,
+        metrics=args.metrics,
+        max_rows=args.max_rows,
+        overwrite=args.overwrite,
+        dist_timeout=args.dist_timeout,
         download=args.download,
         cache_dir=args.cache_dir,
         use_cache=not args.no_cache,
@@ -125,6 +171,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except BenchmarkError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    if results is None:  # a rank other than 0 under torchrun: rank 0 writes the files
+        return 0
     results["claims"] = check_claims(results)
     paths = write_results(results, cfg.out, figures=cfg.figures)
     print()

@@ -57,6 +57,18 @@ def cache_key(model: nn.Module, train_config: Dict[str, Any], tensors: Sequence[
     return h.hexdigest()
 
 
+def _safe_load(path: Path) -> Dict[str, Any]:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, no code runs. Entries written
+    before the version was stored as a plain ``str`` hold a ``TorchVersion`` (a ``str`` subclass): allowed."""
+    from torch.torch_version import TorchVersion
+
+    safe = getattr(torch.serialization, "safe_globals", None)
+    if safe is None:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    with safe([TorchVersion]):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 @dataclass
 class CachedModel:
     """A model from the cache: ``trained`` says whether this call trained it (``False``: loaded)."""
@@ -102,7 +114,7 @@ def load_or_train(
     path = directory / f"{name}-{key[:20]}.pt"
     if use_cache and path.exists():
         try:
-            entry = torch.load(path, map_location="cpu", weights_only=False)
+            entry = _safe_load(path)
             if entry.get("key") == key:
                 model.load_state_dict(entry["state_dict"])
                 return CachedModel(
@@ -133,7 +145,7 @@ def load_or_train(
             "train_seconds": seconds,
             "train_config": dict(train_config),
             "architecture": _architecture(model),
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
         }
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save(entry, tmp)

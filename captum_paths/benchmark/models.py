@@ -14,6 +14,7 @@ __all__ = [
     "imagenet_resnet50",
     "train_classifier",
     "accuracy",
+    "build_user_model",
 ]
 
 
@@ -182,15 +183,55 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def imagenet_resnet50(weights_path) -> nn.Module:
-    """torchvision's ResNet-50 with the user's own ImageNet weights file (a state dict or a pickled
-    model), behind ImageNet normalisation so that inputs are images in [0, 1]. Never downloads."""
+    """torchvision's ResNet-50 with the user's own ImageNet weights file, behind ImageNet normalisation
+    so that inputs are images in [0, 1]. Never downloads.
+
+    Args:
+        weights_path (str or Path): a state dict saved with ``torch.save`` (torchvision's own
+            ``resnet50-*.pth`` files are), or a checkpoint dict holding it under ``"state_dict"``.
+            It is read with ``weights_only=True``: no code in the file runs; a pickled whole model
+            is refused (save its ``state_dict()`` instead).
+    """
+    import pickle
+
     import torchvision
 
     net = torchvision.models.resnet50(weights=None)
-    state = torch.load(weights_path, map_location="cpu", weights_only=False)
-    if isinstance(state, nn.Module):
-        state = state.state_dict()
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"{weights_path}: not a plain state dict (a pickled model cannot be loaded safely); "
+            f"save model.state_dict() instead ({str(exc).splitlines()[0]})"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     net.load_state_dict(state)
     return Normalized(net, IMAGENET_MEAN, IMAGENET_STD).eval()
+
+
+def build_user_model(spec: str) -> nn.Module:
+    """The model built by ``spec = "package.module:function"`` (``function()`` returns an ``nn.Module``).
+
+    The function is called with no arguments; it loads its own weights. The model is put in eval mode.
+
+    Raises:
+        ValueError: ``spec`` is not ``module:function``, the module or the function cannot be found, or
+            the function returns something other than an ``nn.Module``.
+    """
+    import importlib
+
+    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
+        raise ValueError(f"--model must be 'module:function' (e.g. mypkg.models:build), got {spec!r}")
+    module_name, func_name = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"--model {spec!r}: cannot import {module_name!r}: {exc}") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise ValueError(f"--model {spec!r}: {module_name!r} has no function {func_name!r}")
+    model = func()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"--model {spec!r} must return a torch.nn.Module, got {type(model).__name__}")
+    return model.eval()

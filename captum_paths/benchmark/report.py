@@ -8,6 +8,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from captum_paths.benchmark.progress import atomic_write_text
+
 __all__ = ["COLUMNS", "format_table", "check_claims", "format_claims", "to_json", "write_results"]
 
 # (key in per_image, header, better direction, decimals)
@@ -144,15 +146,29 @@ def _json_default(obj):
     return str(obj)
 
 
+def _accuracy_text(model: Dict[str, Any]) -> str:
+    acc = model.get("test_accuracy")
+    if acc is None:
+        return "accuracy unknown (the data has no labels)"
+    return f"test accuracy {acc:.4f} on {model.get('accuracy_on', 'the evaluated images')}"
+
+
 def markdown_report(results: Dict[str, Any]) -> str:
+    """The whole ``results.md``: data and model, the table, the protocols, the claims, the run's cost.
+
+    Args:
+        results (dict): what :func:`captum_paths.benchmark.runner.run_benchmark` or ``compare`` returns.
+    """
     cfg, model, prot = results["config"], results["model"], results["protocols"]
+    env = results["environment"]
+    ranks = env.get("world_size", 1)
     lines = [
         "# captum_paths benchmark",
         "",
         f"Data: {results['data']['name']} ({results['data']['source']}; {results['data']['split']}); "
-        f"{cfg['n_images']} test images, seed {cfg['seed']}. Model: {model['architecture']}, test accuracy "
-        f"{model['test_accuracy']:.4f} on {model['accuracy_on']}.",
-        f"Pointing game: {cfg['n_localization']} synthetic localisation images"
+        f"{cfg['n_images']} test images, seed {cfg['seed']}. Model: {model['architecture']}, "
+        f"{_accuracy_text(model)}.",
+        f"Pointing game: {cfg.get('n_localization', 0)} synthetic localisation images"
         + (
             f", model test accuracy {model['localization_model']['test_accuracy']:.4f}."
             if "localization_model" in model
@@ -178,8 +194,9 @@ def markdown_report(results: Dict[str, Any]) -> str:
         format_claims(results.get("claims", [])),
         "",
         f"Total time {results['total_seconds']:.0f} s wall, {results.get('total_cpu_seconds', float('nan')):.0f} s CPU "
-        f"({results['environment'].get('threads', '?')} torch thread(s)); torch {results['environment']['torch']}, "
-        f"captum {results['environment']['captum']}, device {results['environment']['device']}.",
+        f"({env.get('threads', '?')} torch thread(s)"
+        + (f" in each of {ranks} processes" if ranks > 1 else "")
+        + f"); torch {env['torch']}, captum {env['captum']}, device {env['device']}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -191,9 +208,9 @@ def write_results(results: Dict[str, Any], out: str, figures: bool = True) -> Di
     directory.mkdir(parents=True, exist_ok=True)
     results.setdefault("claims", check_claims(results))
     paths = {"markdown": directory / "results.md", "json": directory / "results.json"}
-    paths["markdown"].write_text(markdown_report(results), encoding="utf-8")
-    paths["json"].write_text(to_json(results), encoding="utf-8")
-    if figures and "_images" in results:
+    atomic_write_text(paths["markdown"], markdown_report(results))
+    atomic_write_text(paths["json"], to_json(results))
+    if figures and "_images" in results and results.get("_attributions"):
         import matplotlib
 
         matplotlib.use("Agg")
@@ -210,17 +227,40 @@ def write_results(results: Dict[str, Any], out: str, figures: bool = True) -> Di
             shift_nonnegative=True,
         )
         paths["attributions"] = directory / "attributions.png"
-        fig.savefig(paths["attributions"], dpi=80, bbox_inches="tight")
+        _save_figure(fig, paths["attributions"])
         plt.close(fig)
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for ax, kind, title in zip(
-            axes,
-            ("samp_deletion", "samp_insertion"),
-            ("Deletion (SAMP protocol, lower is better)", "Insertion (SAMP protocol, higher is better)"),
-        ):
-            curves = {labels[n]: (c[kind]["fractions"], c[kind]["mean"]) for n, c in results["curves"].items()}
-            plot_insertion_deletion_curves(curves, plt_fig_axis=(fig, ax), title=title, ylabel="logit / input logit")
-        paths["curves"] = directory / "curves.png"
-        fig.savefig(paths["curves"], dpi=80, bbox_inches="tight")
-        plt.close(fig)
+        kinds = [
+            (kind, title)
+            for kind, title in (
+                ("samp_deletion", "Deletion (SAMP protocol, lower is better)"),
+                ("samp_insertion", "Insertion (SAMP protocol, higher is better)"),
+            )
+            if all(kind in c for c in results["curves"].values())
+        ]
+        if kinds:
+            fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
+            for ax, (kind, title) in zip(axes[0], kinds):
+                curves = {labels[n]: (c[kind]["fractions"], c[kind]["mean"]) for n, c in results["curves"].items()}
+                plot_insertion_deletion_curves(
+                    curves, plt_fig_axis=(fig, ax), title=title, ylabel="logit / input logit"
+                )
+            paths["curves"] = directory / "curves.png"
+            _save_figure(fig, paths["curves"])
+            plt.close(fig)
     return paths
+
+
+def _save_figure(fig, path: Path) -> None:
+    """``fig.savefig`` to a temporary file in the same folder, then ``os.replace``."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=str(path.parent))
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=80, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

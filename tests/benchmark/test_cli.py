@@ -67,9 +67,9 @@ def test_every_method_is_registered_with_its_knobs():
     specs = method_specs(28)
     assert tuple(specs) == METHOD_NAMES
     assert specs["samp"].params["eta"] is None and specs["samp++"].params["eta"] == 0.1
-    assert specs["samp++"].params["momentum"] == 0.5 and specs["samp"].params["step_size"] == 10
+    assert specs["samp++"].params["momentum"] == 0.5 and specs["samp"].params["features_per_step"] == 10
     assert specs["eg"].params["baselines"] == "training images"
-    assert method_specs(224)["samp"].params["step_size"] == 224 * 16
+    assert method_specs(224)["samp"].params["features_per_step"] == 224 * 16
     assert method_specs(224)["ggig"].params["n_iterations"] == 100
     for spec in specs.values():
         assert unavailable_reason(spec) is None, spec.name  # every method is on main
