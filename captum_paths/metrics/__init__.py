@@ -1,7 +1,8 @@
 """Evaluation protocols for attributions (any Captum attribution, ours or Captum's own).
 
 * :func:`deletion`, :func:`insertion`: RISE's causal metrics (and the SAMP paper's variant);
-* :func:`diffid`: LPI's insertion-minus-deletion protocol;
+* :func:`diffid`: LPI's insertion-minus-deletion protocol (and cleanig's scoring variants);
+* :func:`pic`, :func:`sic`, :func:`aic`: XRAI's performance information curves, as PAIR saliency computes them;
 * :func:`sensitivity_n`: Ancona et al.'s Sensitivity-n;
 * :func:`pointing_game`: Zhang et al.'s pointing game;
 * :func:`road`, :func:`noisy_linear_impute`: ROAD (Rong et al.), MoRF / LeRF with noisy linear imputation;
@@ -22,11 +23,19 @@ correlation, weighted Jaccard, skimage-default SSIM (7x7 uniform window, ``data_
 skimage inferred it) and the normalised reverse MSE ``1 - MSE / max MSE`` (pass ``max_mse`` to pool the
 maximum over several methods, as the authors did); one pure function per measure in
 ``captum_paths.metrics._core.similarity``. No model passes.
+
+:func:`diffid` (Yang et al., LPI, AAAI 2023): deletion removes the top ``r`` of the ranked features, insertion
+the bottom ``r``, removed values set to the mean of the preserved ones; ``diff = insertion - deletion`` per
+ratio (0.1..0.9) and its trapezoid area. ``score=`` picks the variant and the result names it
+(``DiffIDResult.score``): ``"logit_ratio"`` (LPI's default, ``f_t(x') / f_t(x)`` unclamped), ``"accuracy"``
+(LPI's second score, cleanig's "binary") or ``"clamped_softmax"`` (cleanig's "soft",
+``clamp(p_t(x') / (p_t(x) + 1e-8), 0, 1)``). Cost: ``N (2 R + 1)`` model rows.
 """
 
 from captum_paths.metrics._core.causal import deletion, insertion
 from captum_paths.metrics._core.diffid import DiffIDResult, diffid
 from captum_paths.metrics._core.fidelity import mu_fidelity
+from captum_paths.metrics._core.pic import PicCurve, PicResult, aic, pic, sic
 from captum_paths.metrics._core.pointing import pointing_game
 from captum_paths.metrics._core.road import ROADResult, noisy_linear_impute, road
 from captum_paths.metrics._core.sanity import (
@@ -52,4 +61,9 @@ __all__ = [
     "model_randomization_check",
     "sigma_perturbation_check",
     "SanityCheckResult",
+    "pic",
+    "sic",
+    "aic",
+    "PicResult",
+    "PicCurve",
 ]

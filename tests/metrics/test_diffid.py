@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from metric_models import LinearClasses, LinearScore
+from metric_models import LinearClasses, LinearScore, small_cnn
 
 from captum_paths.metrics import DiffIDResult, diffid
 from captum_paths.metrics._core.diffid import removed_counts
@@ -150,3 +150,84 @@ def test_tuple_inputs_fill_each_tensor_with_its_preserved_mean():
     # insertion removes the bottom 3 (a3, b1, b0): a filled with mean(a0..a2), b has nothing kept -> b's fill is 0
     a_ins = torch.cat([a[:, :3], a[:, :3].mean(1, keepdim=True)], 1)
     assert res.insertion.item() == pytest.approx(model(a_ins, torch.zeros_like(b)).item() / fx, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------ scoring variants
+def _cleanig_reference(model, images, saliency, labels, ratios):
+    """cleanig's compute_diffid_metrics as its notes describe it: per-element ranking of |a| over C*H*W,
+    the kept elements' mean as fill, binary and clamped-softmax scores; returns (ins, del) of each."""
+    flat_a = saliency.abs().reshape(len(images), -1)
+    flat_x = images.reshape(len(images), -1)
+    n_el = flat_x.shape[1]
+    rows = torch.arange(len(images))
+    clean_p = torch.softmax(model(images), 1)[rows, labels]
+    out = {"binary": {"ins": [], "del": []}, "soft": {"ins": [], "del": []}}
+    for r in ratios:
+        k = int(np.floor(r * n_el))
+        for game in ("del", "ins"):
+            order = flat_a.argsort(1, descending=(game == "del"))  # the k replaced: highest or lowest
+            replaced = torch.zeros_like(flat_x, dtype=torch.bool)
+            replaced[rows.unsqueeze(1), order[:, :k]] = True
+            fill = (flat_x * ~replaced).sum(1, keepdim=True) / (~replaced).sum(1, keepdim=True)
+            pert = torch.where(replaced, fill, flat_x).reshape(images.shape)
+            logits = model(pert)
+            out["binary"][game].append((logits.argmax(1) == labels).double())
+            p = torch.softmax(logits, 1)[rows, labels]
+            out["soft"][game].append((p / (clean_p + 1e-8)).clamp(0, 1))
+    return {v: {g: torch.stack(c, 1) for g, c in games.items()} for v, games in out.items()}
+
+
+def test_cleanig_variants_match_its_protocol_on_a_colour_cnn():
+    model = small_cnn(seed=2, channels=3)
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(5, 3, 8, 8, generator=g, dtype=torch.float64)
+    attr = torch.randn(x.shape, generator=g, dtype=x.dtype)
+    labels = model(x).argmax(1)
+    ratios = (0.1, 0.3, 0.5, 0.7, 0.9)
+    per_element = torch.arange(x[0].numel()).reshape(x.shape[1:])
+    ref = _cleanig_reference(model, x, attr, labels, ratios)
+    for score, variant in (("accuracy", "binary"), ("clamped_softmax", "soft")):
+        res = diffid(model, x, attr, target=labels, feature_mask=per_element, ratios=ratios, score=score)
+        assert res.score == score
+        torch.testing.assert_close(res.insertion, ref[variant]["ins"], atol=1e-12, rtol=0)
+        torch.testing.assert_close(res.deletion, ref[variant]["del"], atol=1e-12, rtol=0)
+        torch.testing.assert_close(res.diff.mean(1), (ref[variant]["ins"] - ref[variant]["del"]).mean(1))
+    soft = diffid(model, x, attr, target=labels, feature_mask=per_element, ratios=ratios, score="clamped_softmax")
+    assert bool(((soft.insertion >= 0) & (soft.insertion <= 1)).all())
+    assert not torch.equal(soft.insertion, ref["binary"]["ins"])  # the variants differ on this model
+
+
+def test_accuracy_variant_is_the_top1_difference_and_the_default_is_unchanged():
+    model = LinearClasses(16, 5)
+    x = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    attr = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+    y = torch.tensor([0, 1, 2, 3])
+    default, logit = diffid(model, x, attr, target=y), diffid(model, x, attr, target=y, score="logit_ratio")
+    assert default.score == "logit_ratio" and torch.equal(default.diff, logit.diff)
+    acc = diffid(model, x, attr, target=y, score="accuracy")
+    assert acc.score == "accuracy"
+    torch.testing.assert_close(acc.diff, acc.diff_top1)
+    torch.testing.assert_close(acc.insertion, acc.insertion_top1.double())
+    assert torch.equal(acc.insertion_top1, default.insertion_top1)
+
+
+def test_variant_errors_come_before_any_model_pass_and_empty_batches():
+    def forbidden(t):
+        raise AssertionError("no model pass expected")
+
+    model, x, oracle = _problem()
+    with pytest.raises(ValueError, match="score"):
+        diffid(forbidden, x, oracle, score="prob")
+    with pytest.raises(ValueError, match="target"):
+        diffid(forbidden, x, oracle, score="accuracy")  # no class per example
+    with pytest.raises(ValueError, match="target"):
+        diffid(forbidden, x, oracle, target=(0,), score="clamped_softmax")
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="inputs"):
+        diffid(forbidden, bad, oracle)
+    empty = diffid(forbidden, x[:0], oracle[:0], target=[], score="accuracy", ratios=(0.2, 0.4))
+    assert empty.diff.shape == (0, 2) and empty.area.shape == (0,) and empty.insertion_top1.shape == (0, 2)
+    assert empty.score == "accuracy" and empty.ratios.tolist() == [0.2, 0.4]
+    with pytest.raises(ValueError, match="`score`='accuracy' needs a model output"):
+        diffid(lambda t: model(t).unsqueeze(-1), x, oracle, target=0, score="accuracy")  # (N, 1, 1): no classes
