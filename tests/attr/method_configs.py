@@ -20,7 +20,9 @@ import torch
 from captum_paths.attr import (
     IDGI,
     AblationPath,
+    BlurIG,
     GeometricallyGuidedIG,
+    GuidedIG,
     LocalPathIntegration,
     ReferenceBank,
     SampAttribution,
@@ -64,5 +66,14 @@ METHOD_CONFIGS: Dict[str, MethodConfig] = {
     "IDGI": MethodConfig(
         build=lambda model, _: IDGI(model),
         kwargs=dict(n_steps=3),
+    ),
+    "GuidedIG": MethodConfig(
+        build=lambda model, _: GuidedIG(model),
+        kwargs=dict(n_steps=3, fraction=0.25, max_dist=0.5),
+    ),
+    "BlurIG": MethodConfig(
+        build=lambda model, _: BlurIG(model),
+        kwargs=dict(n_steps=3, max_sigma=2.0),
+        baselines=(),  # Blur IG's path starts at the blurred input: baselines must be None
     ),
 }
