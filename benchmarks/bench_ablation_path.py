@@ -2,7 +2,7 @@
 wall time against the bare forward+backward passes the optimisation needs.
 
 Run:  .venv/bin/python benchmarks/bench_ablation_path.py [--model small|samp-paper] [--channels 8] [--size 28] [--n 32]
-                                                          [--iterations 30] [--internal-batch-size B]
+                                                          [--n-iterations 30] [--internal-batch-size B]
 
 * "Iterations to saturation": the first iteration after which an example's path saturation (mean of
   |2 phi - 1| over the interior masks; 1 = binary masks, ~0.5 = straight line) reaches each level.
@@ -55,8 +55,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=28, help="digit image side (default 28)")
     parser.add_argument("--n", type=int, default=32, help="test examples explained (default 32)")
-    parser.add_argument("--n-points", type=int, default=16)
-    parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--n-steps", type=int, default=15)
+    parser.add_argument("--n-iterations", type=int, default=30)
     parser.add_argument("--internal-batch-size", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
@@ -81,7 +81,9 @@ def main():
     with torch.no_grad():
         target = model(x).argmax(1)
     method = AblationPath(model)
-    kwargs = dict(n_points=args.n_points, iterations=args.iterations, internal_batch_size=args.internal_batch_size)
+    kwargs = dict(
+        n_steps=args.n_steps, n_iterations=args.n_iterations, internal_batch_size=args.internal_batch_size
+    )
 
     # --- quality: saturation per iteration, path score vs straight line
     _, result = method.attribute(x, target=target, return_path=True, **kwargs)
@@ -104,7 +106,7 @@ def main():
         summary = f"median {its.median():.0f}, max {its.max():.0f}" if reached.any() else "-"
         print(
             f"iterations to reach saturation {level}: {int(reached.sum())}/{args.n} reach it within "
-            f"{args.iterations}; {summary}; path score at stop {stopped.path_score.mean():.4f}"
+            f"{args.n_iterations}; {summary}; path score at stop {stopped.path_score.mean():.4f}"
         )
 
     # --- speed: AblationPath vs the bare model evaluations, alternating
@@ -114,13 +116,13 @@ def main():
         method.attribute(x, target=target, **kwargs)
         ours.append(time.perf_counter() - start)
         start = time.perf_counter()
-        bare_passes(model, x, target, args.n_points, args.iterations, args.internal_batch_size)
+        bare_passes(model, x, target, (args.n_steps + 1), args.n_iterations, args.internal_batch_size)
         bare.append(time.perf_counter() - start)
     t_ours, t_bare = statistics.median(ours), statistics.median(bare)
-    n_passes = args.n * (args.n_points - 2) * args.iterations
+    n_passes = args.n * ((args.n_steps + 1) - 2) * args.n_iterations
     print(
         f"\nwall time: AblationPath {t_ours:.3f} s, bare passes {t_bare:.3f} s "
-        f"({n_passes} image forward+backward passes + {args.n * args.n_points} forwards), "
+        f"({n_passes} image forward+backward passes + {args.n * (args.n_steps + 1)} forwards), "
         f"ratio {t_ours / t_bare:.3f} (median of {args.repeats}, {args.threads} thread(s), "
         f"load average {os.getloadavg()[0]:.2f})"
     )

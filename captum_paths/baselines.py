@@ -78,8 +78,19 @@ def gaussian_blur(x: Tensor, klen: int = 11, sigma: float = 5.0) -> Tensor:
     return out
 
 
-class Baseline:
-    """A named baseline rule: ``baseline(x, generator)`` returns a tensor of ``x``'s shape."""
+class Baseline(float):
+    """A named baseline rule: ``baseline(x, generator)`` returns a tensor of ``x``'s shape.
+
+    Why a ``float``: Captum's ``NoiseTunnel`` (and ``captum._utils.common._format_baseline``) let only tensors
+    and numbers through as ``baselines``. A specification object is a number to Captum (a NaN it never
+    reads: NoiseTunnel passes numbers on unchanged), so ``NoiseTunnel(method).attribute(x, baselines=Blur())``
+    works; captum_paths resolves it by its rule. The string forms (``"blur"``, ...) are plain strings, which
+    Captum's NoiseTunnel rejects: under NoiseTunnel use the object form (``Blur()``, ``Mean()``, ...).
+    Do not pass these objects to Captum's own methods (``IntegratedGradients`` would read the NaN).
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Baseline":
+        return super().__new__(cls, float("nan"))
 
     def __call__(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         raise NotImplementedError
@@ -183,7 +194,7 @@ def _one_baseline(spec: BaselineSpec, x: Tensor, name: str, generator) -> Tensor
         spec = _NAMED[spec]()
     if isinstance(spec, bool):
         raise TypeError(f"`{name}` must not be a bool")
-    if isinstance(spec, (int, float)):
+    if isinstance(spec, (int, float)) and not isinstance(spec, Baseline):
         if not np.isfinite(spec):
             raise ValueError(f"`{name}` must be finite, got {spec!r}")
         return torch.full_like(x, float(spec))

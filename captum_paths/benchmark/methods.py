@@ -66,7 +66,7 @@ class MethodContext:
 
     x_reference: Tensor
     seed: int = 0
-    samp_step: int = 10
+    features_per_step: int = 10
     blur: Tuple[int, float] = (11, 5.0)
     internal_batch_size: Optional[int] = None
     show_progress: bool = False
@@ -103,7 +103,7 @@ def _samp_builder(eta: Optional[float], momentum: Optional[float]):
             return samp.attribute(
                 x,
                 target=target,
-                step_size=ctx.samp_step,
+                features_per_step=ctx.features_per_step,
                 eta=eta,
                 momentum=momentum,
                 direction="both",
@@ -245,22 +245,22 @@ def method_specs(image_size: int, quick: bool = False) -> Dict[str, MethodSpec]:
     if quick:
         lpi.update(n_neighborhoods=3, n_references=5, n_samples=5)
     ablation: Dict[str, Any] = {
-        "n_points": 16,
-        "iterations": 30,
-        "step_size": 0.1,
+        "n_steps": 15,
+        "n_iterations": 30,
+        "learning_rate": 0.1,
         "momentum": 0.5,
         "zeta": 0.8,
         "score": "softmax",
     }
     if quick:
-        ablation.update(iterations=5)
-    samp_step = 224 * 16 if large else 10
+        ablation.update(n_iterations=5)
+    features_per_step = 224 * 16 if large else 10
     specs = [
         MethodSpec(
             "samp",
             "SAMP",
             {
-                "step_size": samp_step,
+                "features_per_step": features_per_step,
                 "eta": None,
                 "momentum": None,
                 "direction": "both",
@@ -274,7 +274,7 @@ def method_specs(image_size: int, quick: bool = False) -> Dict[str, MethodSpec]:
             "samp++",
             "SAMP++",
             {
-                "step_size": samp_step,
+                "features_per_step": features_per_step,
                 "eta": 0.1,
                 "momentum": 0.5,
                 "direction": "both",

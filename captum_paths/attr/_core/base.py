@@ -47,7 +47,7 @@ from captum_paths.attr._utils.validation import (
 )
 from captum_paths.baselines import BaselineSpec, resolve_baselines
 
-__all__ = ["PathAttribution", "PathCall", "PathOutput", "PathResult", "LARGE_CALL_PASSES"]
+__all__ = ["PathAttribution", "PathCall", "PathOutput", "PathResult", "LARGE_CALL_PASSES", "check_finite_pass"]
 
 #: calls estimated above this many model passes per call warn once with their estimate
 LARGE_CALL_PASSES = 1_000_000
@@ -154,7 +154,7 @@ class PathCall:
             leaves = tuple(p.detach().requires_grad_() for p in points)
             grads, scores = gradients_and_scores(self.gradient_func, forward, leaves, target, args)
         grads = tuple(g.detach() for g in grads)
-        _check_finite_pass(scores, grads, examples)
+        check_finite_pass(scores, grads, examples)
         self.bar.update(int(examples.shape[0]))
         return grads, scores.detach()
 
@@ -172,7 +172,7 @@ class PathCall:
                 target, args = self.rows_of(examples[rows])
                 output = run_forward(forward, tuple(p[rows] for p in points), None, args)
                 selected = target_scores(output, target, int(examples[rows].shape[0]))
-                _check_finite_pass(selected, (), examples[rows])
+                check_finite_pass(selected, (), examples[rows])
                 scores[rows] = selected
                 if top:
                     is_top[rows] = selected >= output.reshape(selected.shape[0], -1).max(dim=1).values
@@ -180,7 +180,7 @@ class PathCall:
         return (scores, is_top) if top else scores
 
 
-def _check_finite_pass(scores: Tensor, grads: Tuple[Tensor, ...], examples: Tensor) -> None:
+def check_finite_pass(scores: Tensor, grads: Tuple[Tensor, ...], examples: Tensor) -> None:
     """Stop the call when a model pass gives non-finite scores or gradients (one rule for every method)."""
     bad = ~torch.isfinite(scores.detach().reshape(scores.shape[0], -1)).all(dim=1)
     for g in grads:

@@ -7,7 +7,7 @@ from typing import Any, Callable, List, Literal, Optional, Tuple, Union, overloa
 import torch
 from torch import Tensor
 
-from captum_paths.attr._core.base import PathAttribution, PathCall, PathOutput
+from captum_paths.attr._core.base import PathAttribution, PathCall, PathOutput, check_finite_pass
 from captum_paths.attr._core.reference_bank import ReferenceBank
 from captum_paths.attr._utils.captum_compat import TensorOrTuple, log_usage, run_forward, target_scores
 from captum_paths.attr._utils.validation import check_positive_int
@@ -268,7 +268,8 @@ class LocalPathIntegration(PathAttribution):
 
     def _expected_passes(self, call: PathCall, options: LPIOptions) -> int:
         draws = call.n_examples * options.n_samples * options.n_alphas
-        return draws + call.n_examples * options.n_samples * int(call.need_delta)
+        bank_forward = call.n_examples if call.baselines is None else 0  # places the inputs in neighbourhoods
+        return draws + bank_forward + call.n_examples * options.n_samples * int(call.need_delta)
 
     def _path(self, call: PathCall, options: LPIOptions) -> PathOutput:
         draws = self._draw(call, options)
@@ -294,6 +295,8 @@ class LocalPathIntegration(PathAttribution):
                 # the input's own forward pass: places it in a neighbourhood and validates `target`
                 output = run_forward(call.forward_func, inputs, None, call.additional_forward_args)
                 input_scores = target_scores(output, call.target, call.n_examples)
+                all_examples = torch.arange(call.n_examples, device=inputs[0].device)
+                check_finite_pass(input_scores, (), all_examples)
                 neighborhoods = bank.neighborhoods(output.detach()).cpu()
             call.bar.update(call.n_examples)
             probabilities, reference_rows = bank.reference_probabilities()

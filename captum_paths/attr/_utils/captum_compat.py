@@ -144,6 +144,12 @@ def forward_scores(
         return target_scores(output, target, inputs[0].shape[0])
 
 
+_NO_GRAPH = (
+    "the forward function's scores do not depend on its inputs through autograd (does it detach its input, "
+    "convert it to numpy, or run under torch.no_grad()?): gradients cannot be taken"
+)
+
+
 def gradients_and_scores(
     gradient_func: Callable,
     forward_func: Callable,
@@ -167,14 +173,16 @@ def gradients_and_scores(
     def summed_target_score(*args):
         scores = target_scores(forward_func(*args), target, n_rows)
         if not scores.requires_grad:
-            raise ValueError(
-                "the forward function's scores do not depend on its inputs through autograd (does it detach "
-                "its input, convert it to numpy, or run under torch.no_grad()?): gradients cannot be taken"
-            )
+            raise ValueError(_NO_GRAPH)
         recorded.append(scores.detach())
         return scores.sum().reshape(1)
 
-    grads = gradient_func(summed_target_score, inputs, None, additional_forward_args)
+    try:
+        grads = gradient_func(summed_target_score, inputs, None, additional_forward_args)
+    except RuntimeError as error:
+        if "not have been used in the graph" not in str(error):
+            raise
+        raise ValueError(_NO_GRAPH) from error
     if not recorded:  # a custom gradient_func that never called the forward function
         return grads, forward_scores(forward_func, inputs, target, additional_forward_args)
     return tuple(g.detach() for g in grads), recorded[-1]

@@ -28,6 +28,9 @@ class _NoBar:
     def set_postfix(self, *args, **kwargs) -> None:
         pass
 
+    def refresh(self) -> None:
+        pass
+
 
 def chunk_slices(n: int, size: Optional[int]):
     """Slices covering ``range(n)`` in chunks of at most ``size`` (all at once when ``size`` is None)."""
