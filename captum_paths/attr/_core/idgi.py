@@ -136,13 +136,14 @@ class IDGI(PathAttribution):
     from the gradients themselves (each step moves the features with the largest ``g * dx``) and its
     attribution already is the per-step ``g * dx`` on the features that moved, so reweighting by ``g^2``
     would replace the path's defining choice; AblationPath: its path is a family of masks optimised for the
-    path score, and its saliency is read off the masks, not a path integral of gradients there is no sum of
+    path score, and its saliency is read off the masks, not a path integral of gradients: there is no sum of
     ``g * dx`` to reweight; GGIG: a feature-wise maximum over gradient ascents from the line's points, not an
     integral along a path, so there are no segments whose output change could be distributed.
 
-    Cost: ``n`` forward+backward and one forward pass per example (``n + 1`` forward+backward for the
-    trapezoid rule), exactly integrated gradients' passes for the same ``n_steps`` plus one forward: no extra
-    gradient. Rows ``N * (points)`` are ordered point-major (every example advances one point per pass) and
+    Cost per example: left and right rules, ``n`` forward+backward passes (Captum IG's for the same
+    ``n_steps``, no extra gradient) and one forward pass; trapezoid rule, ``n + 1`` forward+backward passes.
+    On the digits CNN (``benchmarks/bench_idgi.py``) the call costs 1.00-1.07x its bare passes in CPU time.
+    Rows ``N * (points)`` are ordered point-major (every example advances one point per pass) and
     chunked into at most ``internal_batch_size`` rows per pass; a running sum keeps memory at the
     attributions' size plus one chunk (plus one direction per example for the trapezoid rule), independent
     of ``n``.
