@@ -12,6 +12,7 @@ from torch import Tensor
 
 from captum_paths.attr._core.base import PathAttribution, PathCall, PathOutput, check_finite_pass
 from captum_paths.attr._utils.captum_compat import (
+    _NO_GRAPH,
     TensorOrTuple,
     compute_gradients,
     gradients_and_scores,
@@ -440,7 +441,7 @@ class AdversarialGradientIntegration(PathAttribution):
             (row_examples, row_false, row_true) = _take((examples, false_classes, true_classes), rows)
             reached, g_adv, g_true = self._step_gradients(call, options, current, row_examples, row_false, row_true)
             if options.early_stop and bool(reached.any()):
-                call.bar.update(int(reached.sum()) * (options.n_iterations - iteration - 1))  # passes they skip
+                _shrink_bar_total(call.bar, int(reached.sum()) * (options.n_iterations - iteration - 1))
                 go = ~reached
                 rows = (torch.arange(examples.shape[0], device=examples.device) if rows is None else rows)[go]
                 if rows.numel() == 0:
@@ -516,14 +517,16 @@ def _one_forward_two_backwards(forward_func, leaves, args, false_classes, true_c
     if options.early_stop and bool(reached.all()):
         return reached, None, None, output.detach()
     if not output.requires_grad:
-        raise ValueError(
-            "the forward function's outputs do not depend on its inputs through autograd (does it detach its "
-            "input, convert it to numpy, or run under torch.no_grad()?): gradients cannot be taken"
-        )
+        raise ValueError(_NO_GRAPH)
     scores = _scored(output, options.score)
     adv = scores.gather(1, false_classes[:, None]).sum()
     true = scores.gather(1, true_classes[:, None]).sum()
-    g_adv = torch.autograd.grad(adv, leaves, retain_graph=True)
+    try:
+        g_adv = torch.autograd.grad(adv, leaves, retain_graph=True)
+    except RuntimeError as error:  # an input the output does not depend on (e.g. a detaching forward)
+        if "not have been used in the graph" not in str(error):
+            raise
+        raise ValueError(_NO_GRAPH) from error
     g_true = torch.autograd.grad(true, leaves)
     return reached, g_adv, g_true, output.detach()
 
@@ -550,6 +553,12 @@ def _set_bar_total(bar: Any, total: int) -> None:
     if hasattr(bar, "total"):
         bar.total = total
         bar.refresh()
+
+
+def _shrink_bar_total(bar: Any, skipped: int) -> None:
+    """Stopped chains skip their remaining passes: the bar's total drops (it counts passes really run)."""
+    if hasattr(bar, "total") and bar.total is not None and skipped:
+        _set_bar_total(bar, bar.total - skipped)
 
 
 def _check_true_target_format(target: Any) -> None:
