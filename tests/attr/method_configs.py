@@ -20,6 +20,7 @@ import torch
 from captum_paths.attr import (
     IDGI,
     AblationPath,
+    AdversarialGradientIntegration,
     BlurIG,
     GeometricallyGuidedIG,
     GuidedIG,
@@ -75,5 +76,10 @@ METHOD_CONFIGS: Dict[str, MethodConfig] = {
         build=lambda model, _: BlurIG(model),
         kwargs=dict(n_steps=3, max_sigma=2.0),
         baselines=(),  # Blur IG's path starts at the blurred input: baselines must be None
+    ),
+    "AdversarialGradientIntegration": MethodConfig(
+        build=lambda model, _: AdversarialGradientIntegration(model),
+        kwargs=dict(n_iterations=2, n_false_classes=2, clamp=None),
+        baselines=(),
     ),
 }
