@@ -1,11 +1,8 @@
 """AblationPath: the optimised path's constraints, its result object, Captum conventions, errors."""
 
-import copy
-
 import pytest
 import torch
 import torch.nn as nn
-from captum.attr import NoiseTunnel
 
 from captum_paths.attr._core.ablation_path import (
     AblationPath,
@@ -204,20 +201,6 @@ def test_zero_iterations_is_the_straight_line(digits, digits_cnn):
     assert attr.dtype == x.dtype
 
 
-def test_batched_equals_one_at_a_time_and_chunking(digits, digits_cnn64):
-    x = digits.x_test[:3].double()
-    target = torch.tensor([3, 1, 7])
-    method = AblationPath(digits_cnn64)
-    attr, r = method.attribute(x, target=target, return_path=True, **FAST)
-    chunked, rc = method.attribute(x, target=target, return_path=True, internal_batch_size=5, **FAST)
-    assert torch.allclose(attr, chunked, atol=1e-12) and torch.allclose(r.masks, rc.masks, atol=1e-12)
-    for n in range(3):
-        single, rs = method.attribute(x[n : n + 1], target=int(target[n]), return_path=True, **FAST)
-        assert torch.allclose(attr[n : n + 1], single, atol=1e-10)
-        assert torch.allclose(r.masks[n : n + 1], rs.masks, atol=1e-10)
-        assert torch.allclose(r.scores[n : n + 1], rs.scores, atol=1e-10)
-
-
 def test_early_stop_on_saturation_is_per_example(digits, digits_cnn64):
     x = digits.x_test[:2].double()
     method = AblationPath(digits_cnn64)
@@ -240,44 +223,6 @@ def test_early_stop_on_saturation_is_per_example(digits, digits_cnn64):
 # --- Captum conventions --------------------------------------------------------------------------
 
 
-def test_inputs_model_and_mode_untouched(digits, digits_cnn):
-    model = copy.deepcopy(digits_cnn)
-    x = digits.x_test[:2].clone()
-    x_before = x.clone()
-    params_before = [p.detach().clone() for p in model.parameters()]
-    first = next(model.parameters())
-    first.grad = torch.full_like(first, 0.25)
-    for mode in (True, False):
-        model.train(mode)
-        AblationPath(model).attribute(x, target=1, **FAST)
-        assert model.training is mode
-    assert torch.equal(x, x_before) and not x.requires_grad
-    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params_before))
-    assert torch.equal(first.grad, torch.full_like(first, 0.25))
-    assert all(p.grad is None for p in list(model.parameters())[1:])
-
-
-def test_target_formats_agree(digits, digits_cnn64):
-    x = digits.x_test[:2].double()
-    method = AblationPath(digits_cnn64)
-    as_int = method.attribute(x, target=4, **FAST)
-    as_tensor = method.attribute(x, target=torch.tensor([4, 4]), **FAST)
-    as_list = method.attribute(x, target=[4, 4], **FAST)
-    as_scalar_tensor = method.attribute(x, target=torch.tensor(4), **FAST)
-    for other in (as_tensor, as_list, as_scalar_tensor):
-        assert torch.allclose(as_int, other, atol=1e-12)
-    # tuple target on a model with (N, 2, 5) outputs, scored by logit
-    two_d = lambda inp: digits_cnn64(inp).reshape(-1, 2, 5)  # noqa: E731
-    via_tuple = AblationPath(two_d).attribute(x, target=(0, 4), score="logit", **FAST)
-    via_int = method.attribute(x, target=4, score="logit", **FAST)
-    assert torch.allclose(via_tuple, via_int, atol=1e-12)
-    # a single-output model needs no target
-    single = lambda inp: digits_cnn64(inp)[:, 4]  # noqa: E731
-    assert torch.allclose(AblationPath(single).attribute(x, score="logit", **FAST), via_int, atol=1e-12)
-    with pytest.raises(ValueError, match="out of range"):
-        method.attribute(x, target=10, **FAST)
-
-
 def test_logit_score_differs_from_softmax(digits, digits_cnn64):
     x = digits.x_test[:1].double()
     method = AblationPath(digits_cnn64)
@@ -287,13 +232,6 @@ def test_logit_score_differs_from_softmax(digits, digits_cnn64):
         assert float(r_logit.scores[0, 0]) == pytest.approx(float(digits_cnn64(x)[0, 0]))
         assert float(r_soft.scores[0, 0]) == pytest.approx(float(torch.softmax(digits_cnn64(x), 1)[0, 0]))
     assert r_logit.score_kind == "logit"
-
-
-def test_noise_tunnel_wraps_it(digits, digits_cnn):
-    x = digits.x_test[:2]
-    nt = NoiseTunnel(AblationPath(digits_cnn))
-    attr = nt.attribute(x, nt_type="smoothgrad", nt_samples=2, stdevs=0.05, target=[1, 2], n_steps=3, n_iterations=2)
-    assert attr.shape == x.shape and torch.isfinite(attr).all()
 
 
 class TwoImageModel(nn.Module):
@@ -352,16 +290,6 @@ def test_feature_mask_groups_and_non_image_inputs(digits, digits_cnn64):
         AblationPath(linear).attribute(flat, target=0, feature_mask=torch.arange(12))
 
 
-def test_deterministic_and_random_baselines_reproducible(digits, digits_cnn64):
-    x = digits.x_test[:2].double()
-    method = AblationPath(digits_cnn64)
-    assert torch.equal(method.attribute(x, target=0, **FAST), method.attribute(x, target=0, **FAST))
-    one = method.attribute(x, target=0, baselines="uniform", generator=7, **FAST)
-    two = method.attribute(x, target=0, baselines="uniform", generator=torch.Generator().manual_seed(7), **FAST)
-    assert torch.equal(one, two)
-    assert not torch.equal(one, method.attribute(x, target=0, baselines="uniform", generator=8, **FAST))
-
-
 def test_internal_batch_size_bounds_model_batches_and_gradient_func_is_used(digits, digits_cnn):
     batches = []
 
@@ -384,12 +312,6 @@ def test_internal_batch_size_bounds_model_batches_and_gradient_func_is_used(digi
     assert len(calls) == 6
     # model evaluations: 2 * 3 end-point images, 2 * 9 gradient rows, 9 final rows
     assert sum(batches) == 6 + 18 + 9
-
-
-def test_show_progress_runs(digits, digits_cnn, capsys):
-    attr = AblationPath(digits_cnn).attribute(digits.x_test[:1], target=0, show_progress=True, n_steps=3, n_iterations=1)
-    assert attr.shape == (1, 1, 16, 16)
-    assert "AblationPath" in capsys.readouterr().err
 
 
 # --- bad input -----------------------------------------------------------------------------------
@@ -419,11 +341,8 @@ class CountingModel(nn.Module):
         (dict(score="probability"), ValueError, "score"),
         (dict(stop_saturation=0.0), ValueError, "stop_saturation"),
         (dict(drop_fraction=1.0), ValueError, "drop_fraction"),
-        (dict(internal_batch_size=0), ValueError, "internal_batch_size"),
-        (dict(return_path="yes"), TypeError, "return_path"),
         (dict(baselines="sharpen"), ValueError, "baselines"),
         (dict(feature_mask=torch.ones(1, 1, 16, 16)), TypeError, "feature_mask"),
-        (dict(generator="seed"), TypeError, "generator"),
     ],
 )
 def test_bad_arguments_fail_before_any_model_call(digits, digits_cnn, kwargs, error, match):

@@ -1,12 +1,11 @@
 """GeometricallyGuidedIG: closed forms, reductions to known methods, batching, Captum conventions."""
 
-import copy
 import math
 
 import pytest
 import torch
 import torch.nn as nn
-from captum.attr import IntegratedGradients, NoiseTunnel
+from captum.attr import IntegratedGradients
 
 from captum_paths import GeometricallyGuidedIG
 from captum_paths.attr._core.geometrically_guided_ig import (
@@ -203,20 +202,6 @@ def test_more_iterations_only_raise_the_maximum(digits, digits_cnn64):
 # batching, chunking, early stop
 
 
-@pytest.mark.parametrize("reduction", ["max", "trapezoid"])
-def test_batched_equals_one_at_a_time_and_chunked_equals_unchunked(digits, digits_cnn64, reduction):
-    x = digits.x_test[:3].double()
-    target = digits.y_test[:3]
-    kwargs = dict(n_steps=4, n_iterations=3, learning_rate=0.05, reduction=reduction)
-    ggig = GeometricallyGuidedIG(digits_cnn64)
-    full = ggig.attribute(x, target=target, **kwargs)
-    singles = torch.cat([ggig.attribute(x[i : i + 1], target=int(target[i]), **kwargs) for i in range(3)])
-    torch.testing.assert_close(full, singles, rtol=1e-10, atol=1e-13)
-    for size in (1, 7):
-        chunked = ggig.attribute(x, target=target, internal_batch_size=size, **kwargs)
-        torch.testing.assert_close(chunked, full, rtol=1e-10, atol=1e-13)
-
-
 def test_forward_budget_is_points_times_iterations(quadratic):
     counting = CountingForward(quadratic)
     x = torch.randn(5, 6, dtype=torch.float64)
@@ -300,75 +285,6 @@ def test_tuple_inputs_and_additional_forward_args(digits, digits_cnn64):
     torch.testing.assert_close(chunked, attr, rtol=1e-10, atol=1e-13)
 
 
-def test_every_target_format(quadratic):
-    x = torch.randn(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-    ggig = GeometricallyGuidedIG(quadratic)
-    kwargs = dict(n_steps=2, n_iterations=3, learning_rate=0.1)
-    per_example = torch.stack([ggig.attribute(x[i : i + 1], target=t, **kwargs)[0] for i, t in enumerate([2, 0, 1])])
-    for target in ([2, 0, 1], torch.tensor([2, 0, 1])):
-        torch.testing.assert_close(ggig.attribute(x, target=target, **kwargs), per_example, rtol=0, atol=0)
-    shared = ggig.attribute(x, target=1, **kwargs)
-    torch.testing.assert_close(ggig.attribute(x, target=torch.tensor(1), **kwargs), shared, rtol=0, atol=0)
-    torch.testing.assert_close(ggig.attribute(x, target=[1, 1, 1], **kwargs), shared, rtol=0, atol=0)
-    # tuple targets index a 3-D output; None a single-output model
-    grid = GeometricallyGuidedIG(lambda z: quadratic(z).unsqueeze(2).expand(-1, -1, 2))
-    torch.testing.assert_close(grid.attribute(x, target=(1, 1), **kwargs), shared, rtol=0, atol=0)
-    torch.testing.assert_close(
-        grid.attribute(x, target=[(2, 0), (0, 1), (1, 0)], **kwargs), per_example, rtol=0, atol=0
-    )
-    single = GeometricallyGuidedIG(lambda z: quadratic(z)[:, 1])
-    torch.testing.assert_close(single.attribute(x, **kwargs), shared, rtol=0, atol=0)
-
-
-def test_noise_tunnel_wraps_it(digits, digits_cnn64):
-    x = digits.x_test[:2].double()
-    target = digits.y_test[:2]
-    ggig = GeometricallyGuidedIG(digits_cnn64)
-    kwargs = dict(n_steps=3, n_iterations=2, learning_rate=0.05)
-    plain = ggig.attribute(x, target=target, **kwargs)
-    nt = NoiseTunnel(ggig)
-    no_noise = nt.attribute(x, nt_type="smoothgrad", nt_samples=3, stdevs=0.0, target=target, baselines=0.0, **kwargs)
-    torch.testing.assert_close(no_noise, plain, rtol=1e-10, atol=1e-13)
-    torch.manual_seed(0)
-    noisy, delta = nt.attribute(
-        x, nt_type="smoothgrad", nt_samples=2, stdevs=0.1, target=target, return_convergence_delta=True, **kwargs
-    )
-    assert noisy.shape == x.shape and delta.shape == (4,) and not torch.allclose(noisy, plain)
-
-
-def test_inputs_model_and_mode_untouched(digits, digits_cnn):
-    model = copy.deepcopy(digits_cnn)
-    params_before = [p.detach().clone() for p in model.parameters()]
-    x = digits.x_test[:2].clone().requires_grad_()
-    x_before = x.detach().clone()
-    for training in (False, True):
-        model.train(training)
-        GeometricallyGuidedIG(model).attribute(
-            x, baselines="blur", target=digits.y_test[:2], n_steps=2, n_iterations=3, learning_rate=0.1
-        )
-        assert model.training is training
-    assert torch.equal(x.detach(), x_before) and x.requires_grad and x.grad is None
-    for p, before in zip(model.parameters(), params_before):
-        assert torch.equal(p, before) and p.grad is None and p.requires_grad
-
-
-def test_random_baselines_are_reproducible_under_a_seed(digits, digits_cnn64):
-    x = digits.x_test[:2].double()
-    ggig = GeometricallyGuidedIG(digits_cnn64)
-    kwargs = dict(baselines="uniform", target=1, n_steps=2, n_iterations=2, learning_rate=0.05)
-    a = ggig.attribute(x, generator=7, **kwargs)
-    b = ggig.attribute(x, generator=torch.Generator().manual_seed(7), **kwargs)
-    c = ggig.attribute(x, generator=8, **kwargs)
-    assert torch.equal(a, b) and not torch.equal(a, c)
-
-
-def test_show_progress_runs(quadratic):
-    x = torch.randn(2, 6, dtype=torch.float64)
-    quiet = GeometricallyGuidedIG(quadratic).attribute(x, target=0, n_steps=2, n_iterations=2)
-    loud = GeometricallyGuidedIG(quadratic).attribute(x, target=0, n_steps=2, n_iterations=2, show_progress=True)
-    assert torch.equal(quiet, loud)
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_stays_on_device(quadratic):
     model = quadratic.cuda()
@@ -396,16 +312,9 @@ def test_stays_on_device(quadratic):
         (dict(reduction="mean"), ValueError, "reduction"),
         (dict(tolerance=-1.0), ValueError, "tolerance"),
         (dict(tolerance=float("nan")), ValueError, "tolerance"),
-        (dict(internal_batch_size=0), ValueError, "internal_batch_size"),
         (dict(baselines=torch.zeros(3, 5)), ValueError, "baselines"),
         (dict(baselines=torch.zeros(2, 6)), ValueError, "baselines"),
         (dict(baselines=(0.0, 0.0)), ValueError, "baselines"),
-        (dict(target=[0, 1]), ValueError, "target"),
-        (dict(target=torch.tensor([0, 1])), ValueError, "target"),
-        (dict(target=torch.tensor([0.0, 1.0, 2.0])), TypeError, "target"),
-        (dict(additional_forward_args=(torch.zeros(2),)), ValueError, "additional_forward_args"),
-        (dict(return_convergence_delta=1), TypeError, "return_convergence_delta"),
-        (dict(generator="seed"), TypeError, "generator"),
     ],
 )
 def test_bad_arguments_raise_before_any_forward(quadratic, kwargs, error, match):
@@ -431,23 +340,6 @@ def test_bad_inputs_raise(quadratic):
         ggig.attribute(torch.zeros(1, 6, dtype=torch.float64), n_steps=1, n_iterations=1)
     with pytest.raises(TypeError, match="multiply_by_inputs"):
         GeometricallyGuidedIG(quadratic, multiply_by_inputs="yes")
-
-
-def test_gradient_func_is_swappable(quadratic):
-    from captum_paths.attr._utils.captum_compat import compute_gradients
-
-    x = torch.randn(2, 6, dtype=torch.float64)
-    ggig = GeometricallyGuidedIG(quadratic)
-    plain = ggig.attribute(x, target=1, n_steps=2, n_iterations=1)
-    calls = []
-
-    def doubled(forward_fn, inputs, target_ind=None, additional_forward_args=None):
-        calls.append(inputs[0].shape[0])
-        return tuple(2 * g for g in compute_gradients(forward_fn, inputs, target_ind, additional_forward_args))
-
-    ggig.gradient_func = doubled
-    torch.testing.assert_close(ggig.attribute(x, target=1, n_steps=2, n_iterations=1), 2 * plain, rtol=0, atol=0)
-    assert calls == [6]
 
 
 def test_diverging_ascent_stops_with_an_error_naming_the_example():
