@@ -2,6 +2,7 @@
 
 * :func:`deletion`, :func:`insertion`: RISE's causal metrics (and the SAMP paper's variant);
 * :func:`diffid`: LPI's insertion-minus-deletion protocol (and cleanig's scoring variants);
+* :func:`pic`, :func:`sic`, :func:`aic`: XRAI's performance information curves, as PAIR saliency computes them;
 * :func:`sensitivity_n`: Ancona et al.'s Sensitivity-n;
 * :func:`pointing_game`: Zhang et al.'s pointing game;
 * :func:`road`, :func:`noisy_linear_impute`: ROAD (Rong et al.), MoRF / LeRF with noisy linear imputation;
@@ -34,6 +35,7 @@ ratio (0.1..0.9) and its trapezoid area. ``score=`` picks the variant and the re
 from captum_paths.metrics._core.causal import deletion, insertion
 from captum_paths.metrics._core.diffid import DiffIDResult, diffid
 from captum_paths.metrics._core.fidelity import mu_fidelity
+from captum_paths.metrics._core.pic import PicCurve, PicResult, aic, pic, sic
 from captum_paths.metrics._core.pointing import pointing_game
 from captum_paths.metrics._core.road import ROADResult, noisy_linear_impute, road
 from captum_paths.metrics._core.sanity import (
@@ -59,4 +61,9 @@ __all__ = [
     "model_randomization_check",
     "sigma_perturbation_check",
     "SanityCheckResult",
+    "pic",
+    "sic",
+    "aic",
+    "PicResult",
+    "PicCurve",
 ]
