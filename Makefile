@@ -19,7 +19,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
 	$(BIN)/python -m pip install --quiet $(TORCH_PINS)
-	$(BIN)/python -m pip install --quiet -e '.[test,tutorials]'
+	$(BIN)/python -m pip install --quiet -e '.[test,tutorials,benchmark]'
 	touch $(STAMP)
 
 test: $(STAMP)
