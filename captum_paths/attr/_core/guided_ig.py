@@ -95,15 +95,23 @@ def guided_step_(
     z_lo = path.baseline + path.diff * bounds.alpha_lo
     z_hi = path.baseline + path.diff * bounds.alpha_hi
     l1_target = path.l1_total * bounds.remaining
-    progress = torch.where(path.diff != 0, (z - path.baseline) / path.diff, bounds.alpha_hi)
+    moving = path.diff != 0
     magnitude = grads.abs()
-    active = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
+    active: Optional[Tensor] = None  # None: every row (the common first sub-iteration, no masking)
     for iteration in range(1, n + 3):  # each continuing sub-iteration saturates >= 1 feature per row
         z_old = z.clone() if attributions is not None else None
-        lagging = (progress < bounds.alpha_lo) & active[:, None]
-        z.copy_(torch.where(lagging, z_lo, z))
+        lagging = torch.where(moving, (z - path.baseline) / path.diff, bounds.alpha_hi) < bounds.alpha_lo
+        if active is not None:
+            lagging &= active[:, None]
+        torch.where(lagging, z_lo, z, out=z)
         l1 = (z - path.x).abs().sum(dim=1)
-        searching = active & ~l1_isclose(l1, l1_target)
+        searching = ~l1_isclose(l1, l1_target)
+        if active is not None:
+            searching &= active
+        if not bool(searching.any()):  # every row reached its target by the snapping alone
+            if attributions is not None:
+                attributions.add_((z - z_old) * grads)
+            return iteration
         magnitude.masked_fill_(z == z_hi, math.inf)
         selected = magnitude <= lower_quantile(magnitude, fraction)[:, None]
         selected &= (magnitude != math.inf) & searching[:, None]
@@ -112,13 +120,12 @@ def guided_step_(
         gamma = torch.where(l1_selected > 0, (l1 - l1_target) / l1_selected, math.inf)
         full = gamma > 1
         partial_move = z + gap * gamma.clamp(0.0, 1.0)[:, None]
-        z.copy_(torch.where(selected, torch.where(full[:, None], z_hi, partial_move), z))
+        torch.where(selected, torch.where(full[:, None], z_hi, partial_move), z, out=z)
         if attributions is not None:
             attributions.add_((z - z_old) * grads)
         active = searching & full & selected.any(dim=1)
         if not bool(active.any()):
             return iteration
-        progress = torch.where(path.diff != 0, (z - path.baseline) / path.diff, bounds.alpha_hi)
     raise RuntimeError("Guided IG step did not converge: please report this input")  # pragma: no cover
 
 
