@@ -1,9 +1,11 @@
+import math
+
 import pytest
 import torch
 import torch.nn as nn
 
 from captum_paths import Blur, SampAttribution
-from captum_paths.attr._core.samp import select_salient_groups
+from captum_paths.attr._core.samp import default_features_per_step, select_salient_groups
 from captum_paths.baselines import gaussian_blur
 
 
@@ -230,3 +232,20 @@ def test_bad_input_is_rejected_before_any_work(linear_setup, kwargs, error, word
     with pytest.raises(error, match=words):
         SampAttribution(forward).attribute(x, **kwargs)
     assert len(calls) <= 1  # at most the first forward pass, which is where output errors surface
+
+
+def test_default_features_per_step_is_the_papers_setting_at_its_sizes():
+    assert default_features_per_step(28 * 28) == 10 and default_features_per_step(32 * 32) == 10
+    assert default_features_per_step(224 * 224) == 224 * 16
+    steps = [math.ceil(g / default_features_per_step(g)) for g in range(1000, 60000, 997)]
+    assert max(steps) <= 103 and min(steps) >= 14
+    assert all(a >= b - 1 for a, b in zip(steps, steps[1:]))  # the step count never grows with the size
+
+
+def test_large_calls_warn_with_their_estimate(linear_setup, monkeypatch):
+    from captum_paths.attr._core import base
+
+    w, x = linear_setup
+    monkeypatch.setattr(base, "LARGE_CALL_PASSES", 10)
+    with pytest.warns(RuntimeWarning, match=r"estimated at [\d,]+ model passes.*show_progress=True"):
+        SampAttribution(linear_model(w)).attribute(x, features_per_step=1, eta=None, max_steps=2)

@@ -49,8 +49,8 @@ from captum_paths.baselines import BaselineSpec, resolve_baselines
 
 __all__ = ["PathAttribution", "PathCall", "PathOutput", "PathResult", "LARGE_CALL_PASSES", "check_finite_pass"]
 
-#: calls estimated above this many model passes per call warn once with their estimate
-LARGE_CALL_PASSES = 1_000_000
+#: calls estimated above this many model passes (images through the model) warn once with their estimate
+LARGE_CALL_PASSES = 100_000
 
 
 @dataclass(kw_only=True)

@@ -14,7 +14,14 @@ from captum_paths.attr._utils.features import feature_groups, flatten_inputs, gr
 from captum_paths.attr._utils.validation import check_positive_int, check_probability
 from captum_paths.baselines import Blur, resolve_baselines
 
-__all__ = ["SampAttribution", "SampPath", "SampOptions", "select_salient_groups", "resolve_features_per_step"]
+__all__ = [
+    "SampAttribution",
+    "SampPath",
+    "SampOptions",
+    "select_salient_groups",
+    "default_features_per_step",
+    "resolve_features_per_step",
+]
 
 _DIRECTIONS = ("deletion", "insertion", "both")
 FeatureMask = Union[None, Tensor, Tuple[Tensor, ...]]
@@ -74,12 +81,53 @@ def select_salient_groups(projection: Tensor, unfinished: Tensor, step_size: int
     return chosen.scatter_(1, index, values > float("-inf"))
 
 
-def resolve_features_per_step(features_per_step: Union[int, float], n_groups: int) -> int:
-    """``s`` as a count: an int is taken as it is, a float in ``(0, 1]`` is that fraction of ``n_groups``
-    (rounded, at least 1)."""
+# the paper's settings: s = 10 pixels at 28x28 (MNIST) and 32x32 (CIFAR-10), 103 steps at 1,024 groups;
+# s = 224 * 16 at 224x224 (ImageNet), 14 steps at 50,176 groups
+_SMALL_GROUPS, _SMALL_STEP = 1024, 10
+_LARGE_GROUPS, _LARGE_STEPS = 224 * 224, 14
+
+
+def default_features_per_step(n_groups: int) -> int:
+    """SAMP's default ``s`` for ``n_groups`` feature groups: the paper's setting at its image sizes.
+
+    * up to 1,024 groups (32x32): ``s = 10``, the paper's MNIST / CIFAR-10 setting (79 steps at 28x28);
+    * from 50,176 groups (224x224) on: 14 steps per path, ``s = ceil(G / 14)``, the paper's ImageNet setting
+      ``224 * 16 = 3,584`` at 224x224;
+    * in between, the number of steps ``K(G)`` falls log-linearly in ``G`` from 103 (``1024 / 10``) to 14,
+      ``K(G) = 102.4 (G / 1024)^a`` with ``a = log(14 / 102.4) / log(49)``, and ``s = ceil(G / K(G))``
+      (e.g. 64x64: 50 steps, ``s = 82``; 128x128: 24 steps, ``s = 690``).
+
+    A path then costs at most ``ceil(G / s)`` passes (plus ``ceil(1 / eta)`` with the IC): bounded by about
+    103 + 10 at any size, where a fixed ``s = 10`` costs ``G / 10`` (5,018 per path at 224x224).
+    """
+    if n_groups <= _SMALL_GROUPS:
+        return _SMALL_STEP
+    if n_groups >= _LARGE_GROUPS:
+        return math.ceil(n_groups / _LARGE_STEPS)
+    exponent = math.log(_LARGE_STEPS / (_SMALL_GROUPS / _SMALL_STEP)) / math.log(_LARGE_GROUPS / _SMALL_GROUPS)
+    steps = (_SMALL_GROUPS / _SMALL_STEP) * (n_groups / _SMALL_GROUPS) ** exponent
+    return math.ceil(n_groups / steps)
+
+
+def resolve_features_per_step(features_per_step: Union[None, int, float], n_groups: int) -> int:
+    """``s`` as a count: ``None`` is :func:`default_features_per_step`, an int is taken as it is, a float in
+    ``(0, 1]`` is that fraction of ``n_groups`` (rounded, at least 1)."""
+    if features_per_step is None:
+        return default_features_per_step(n_groups)
     if isinstance(features_per_step, Integral):
         return check_positive_int(features_per_step, "features_per_step")
     return max(1, int(round(features_per_step * n_groups)))
+
+
+def _check_features_per_step(s: Any) -> None:
+    if s is None:
+        return
+    if isinstance(s, bool) or not isinstance(s, (Integral, Real)):
+        raise ValueError(f"`features_per_step` must be None, a positive int or a float in (0, 1], got {s!r}")
+    if isinstance(s, Integral):
+        check_positive_int(s, "features_per_step")
+    elif not 0 < s <= 1:
+        raise ValueError(f"`features_per_step` as a fraction must lie in (0, 1], got {s!r}")
 
 
 @dataclass
@@ -87,7 +135,7 @@ class SampOptions:
     """SAMP's knobs (validated on construction); see :meth:`SampAttribution.attribute`."""
 
     feature_mask: FeatureMask = None
-    features_per_step: Union[int, float] = 10
+    features_per_step: Union[None, int, float] = None
     eta: Optional[float] = 0.1
     momentum: Optional[float] = 0.5
     direction: str = "both"
@@ -96,13 +144,7 @@ class SampOptions:
     snapshot_fractions: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)
 
     def __post_init__(self) -> None:
-        s = self.features_per_step
-        if isinstance(s, bool) or not isinstance(s, (Integral, Real)):
-            raise ValueError(f"`features_per_step` must be a positive int or a float in (0, 1], got {s!r}")
-        if isinstance(s, Integral):
-            check_positive_int(s, "features_per_step")
-        elif not 0 < s <= 1:
-            raise ValueError(f"`features_per_step` as a fraction must lie in (0, 1], got {s!r}")
+        _check_features_per_step(self.features_per_step)
         if self.direction not in _DIRECTIONS:
             raise ValueError(f"`direction` must be one of {_DIRECTIONS}, got {self.direction!r}")
         if self.eta is not None:
@@ -152,9 +194,10 @@ class SampAttribution(PathAttribution):
       :math:`2F_c(x) - F_c(\text{baseline}) - F_c(\text{blurred})`.
 
     Defaults are **SAMP++** (IC with ``eta=0.1`` i.e. ten fragments, MS with ``momentum=0.5``, both
-    directions, ``s=10`` pixels per step as in the paper's MNIST/CIFAR-10 runs). Plain **SAMP** is
-    ``eta=None, momentum=None``. The paper's ImageNet setting is ``step_size=224 * 16`` with blur
-    ``Blur(31, 5)``; its ablations use ``eta=1/50``.
+    directions, ``s`` scaled with the number of feature groups so that it is the paper's ``s = 10`` pixels
+    per step at 28x28 and 32x32 and its ``s = 224 * 16`` at 224x224: see :func:`default_features_per_step`).
+    Plain **SAMP** is ``eta=None, momentum=None``. The paper's ImageNet blur is ``Blur(31, 5)``; its
+    ablations use ``eta=1/50``.
 
     Where we differ from the authors' reference code (zbr17/ExplainAttr, ``sam.py``):
 
@@ -166,7 +209,11 @@ class SampAttribution(PathAttribution):
 
     Cost: one forward+backward pass per step for every path still running (finished paths are not
     forwarded again), plus one forward pass per path end point when ``return_convergence_delta`` or
-    ``return_path`` asks for the end scores.
+    ``return_path`` asks for the end scores. Per example and direction, at most
+    ``min(ceil(G / s) + ceil(1 / eta), max_steps)`` steps for ``G`` feature groups (without the IC, drop the
+    ``1 / eta`` term; ``G`` is ``H * W`` for images): about 80-113 with the defaults at any image size. A small
+    ``eta`` or ``s`` makes it grow as ``1 / eta`` and ``G / s``: calls estimated above
+    :data:`~captum_paths.attr._core.base.LARGE_CALL_PASSES` passes warn with their estimate.
     """
 
     _has_path_result = True
@@ -188,7 +235,7 @@ class SampAttribution(PathAttribution):
         additional_forward_args: Any = None,
         *,
         feature_mask: FeatureMask = None,
-        features_per_step: Union[int, float] = 10,
+        features_per_step: Union[None, int, float] = None,
         eta: Optional[float] = 0.1,
         momentum: Optional[float] = 0.5,
         direction: str = "both",
@@ -211,7 +258,7 @@ class SampAttribution(PathAttribution):
         additional_forward_args: Any = None,
         *,
         feature_mask: FeatureMask = None,
-        features_per_step: Union[int, float] = 10,
+        features_per_step: Union[None, int, float] = None,
         eta: Optional[float] = 0.1,
         momentum: Optional[float] = 0.5,
         direction: str = "both",
@@ -234,7 +281,7 @@ class SampAttribution(PathAttribution):
         additional_forward_args: Any = None,
         *,
         feature_mask: FeatureMask = None,
-        features_per_step: Union[int, float] = 10,
+        features_per_step: Union[None, int, float] = None,
         eta: Optional[float] = 0.1,
         momentum: Optional[float] = 0.5,
         direction: str = "both",
@@ -257,7 +304,7 @@ class SampAttribution(PathAttribution):
         additional_forward_args: Any = None,
         *,
         feature_mask: FeatureMask = None,
-        features_per_step: Union[int, float] = 10,
+        features_per_step: Union[None, int, float] = None,
         eta: Optional[float] = 0.1,
         momentum: Optional[float] = 0.5,
         direction: str = "both",
@@ -286,8 +333,9 @@ class SampAttribution(PathAttribution):
                 to each input, contiguous from 0, shared across the tuple; elements with one id move
                 together (e.g. superpixels). Default: one group per pixel for 4-D inputs (all channels
                 of a pixel), one per element otherwise.
-            step_size (int or float, optional): ``s``, groups moved per step: an int count, or a float in
-                ``(0, 1]`` as a fraction of the number of groups (rounded, at least 1). Default: 10.
+            features_per_step (int, float or None, optional): ``s``, groups moved per step: an int count, a
+                float in ``(0, 1]`` as a fraction of the number of groups (rounded, at least 1), or ``None``
+                for :func:`default_features_per_step` (10 up to 32x32, 224 * 16 at 224x224). Default: None.
             eta (float or None, optional): the infinitesimal constraint as a fraction of
                 ``||x_start - x_end||_1`` per example, in ``(0, 1]``; ``None`` turns the IC off.
                 Default: 0.1 (the paper's tables).
