@@ -295,6 +295,14 @@ def _cached_cnn(name: str, split, in_channels: int, n_classes: int, train_cfg, c
     return entry
 
 
+def _user_model(cfg: BenchmarkConfig, dist: DistInfo) -> nn.Module:
+    """The model of ``--model module:function``, frozen on the run's device (errors are one line)."""
+    try:
+        return _frozen(build_user_model(cfg.model), dist.device)
+    except ValueError as exc:
+        raise BenchmarkError(str(exc)) from None
+
+
 def _pick(n_total: int, n: int, seed: int) -> Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randperm(n_total, generator=gen)[: min(n, n_total)].sort().values
@@ -331,7 +339,7 @@ def _load_builtin(cfg: BenchmarkConfig, dist: DistInfo, n_images: int) -> _Main:
     idx = _pick(len(split.x_test), n_images, cfg.seed)
     source = TensorSource(split.x_test[idx], split.y_test[idx], description=info["name"])
     if cfg.model is not None:
-        model = _frozen(build_user_model(cfg.model), dist.device)
+        model = _user_model(cfg, dist)
         return _Main(source, split.x_train, model, info, {"architecture": f"user model {cfg.model}"})
     tc = train_config_for(cfg.dataset, cfg.epochs, cfg.quick)
     prefix = "digits28" if cfg.dataset == "digits" else cfg.dataset
@@ -367,9 +375,12 @@ def _load_folder(cfg: BenchmarkConfig, dist: DistInfo, n_images: int) -> _Main:
     full = DatasetSource(ds, description=f"image folder {root}")
     x_reference, _ = full.get(ref_idx)
     if cfg.model is not None:
-        model, arch = build_user_model(cfg.model), f"user model {cfg.model}"
+        model, arch = _user_model(cfg, dist), f"user model {cfg.model}"
     else:
-        model, arch = imagenet_resnet50(cfg.weights), "torchvision resnet50"
+        try:
+            model, arch = imagenet_resnet50(cfg.weights), "torchvision resnet50"
+        except ValueError as exc:
+            raise BenchmarkError(str(exc)) from None
     info = {
         "name": cfg.dataset,
         "source": f"image folder {root} (resize 256, centre crop 224)",
