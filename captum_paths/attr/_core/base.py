@@ -16,6 +16,7 @@ gradients, shows progress counted in model passes, seeds, computes the convergen
 return value, the same way for every method.
 """
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional, Tuple, Union
@@ -47,7 +48,19 @@ from captum_paths.attr._utils.validation import (
 )
 from captum_paths.baselines import BaselineSpec, resolve_baselines
 
-__all__ = ["PathAttribution", "PathCall", "PathOutput", "PathResult", "LARGE_CALL_PASSES", "check_finite_pass"]
+__all__ = [
+    "PathAttribution",
+    "PathCall",
+    "PathOutput",
+    "PathResult",
+    "LARGE_CALL_PASSES",
+    "DEFAULT_PASS_ELEMENTS",
+    "default_internal_batch_size",
+    "check_finite_pass",
+]
+
+#: with ``internal_batch_size=None``, a model pass holds at most this many input elements
+DEFAULT_PASS_ELEMENTS = 2**22
 
 #: calls estimated above this many model passes (images through the model) warn once with their estimate
 LARGE_CALL_PASSES = 100_000
@@ -92,7 +105,8 @@ class PathCall:
             a method that resolves its own, see :meth:`PathAttribution._resolve_baselines`).
         target: the validated Captum target (any format) for the ``N`` examples.
         additional_forward_args: the formatted extra arguments (a tuple, or ``None``).
-        internal_batch_size: at most this many rows (images) per model pass; ``None``: no limit.
+        internal_batch_size: at most this many rows (images) per model pass, never ``None``: the caller's
+            ``None`` becomes :func:`default_internal_batch_size` of the inputs.
         generator: the call's random generator (``None``: torch's global one).
         need_delta: whether the caller asked for the convergence delta.
         need_path: whether the caller asked for the result object (``return_path``).
@@ -178,6 +192,18 @@ class PathCall:
                     is_top[rows] = selected >= output.reshape(selected.shape[0], -1).max(dim=1).values
                 self.bar.update(int(examples[rows].shape[0]))
         return (scores, is_top) if top else scores
+
+
+def default_internal_batch_size(inputs: Tuple[Tensor, ...]) -> int:
+    """Rows per model pass when the caller passes ``internal_batch_size=None``: as many as fit in
+    :data:`DEFAULT_PASS_ELEMENTS` (4,194,304) input elements, at least one.
+
+    That is 5,349 rows of 28x28 digits (no limit in practice for small images, where large passes are the
+    fastest), 341 of 3x64x64 and 27 of 3x224x224 (a ResNet-50's forward+backward over 27 such images needs a
+    few GB). Chunking never changes a result, only memory and speed.
+    """
+    elements = sum(math.prod(x.shape[1:]) for x in inputs)
+    return max(1, DEFAULT_PASS_ELEMENTS // max(1, elements))
 
 
 def check_finite_pass(scores: Tensor, grads: Tuple[Tensor, ...], examples: Tensor) -> None:
@@ -290,6 +316,7 @@ class PathAttribution(GradientAttribution):
         args = format_additional_forward_args(additional_forward_args)
         check_additional_forward_args(args, n)
         ibs = check_internal_batch_size(internal_batch_size)
+        ibs = default_internal_batch_size(formatted) if ibs is None else ibs
         gen = check_generator(generator)
         detached = tuple(x.detach() for x in formatted)
         resolved = self._resolve_baselines(baselines, detached, gen)
