@@ -1,6 +1,20 @@
-"""Path-choice attribution methods, drop-in beside ``captum.attr.IntegratedGradients``."""
+"""Path attribution methods, drop-in beside ``captum.attr.IntegratedGradients``.
 
-from captum_paths.baselines import (  # noqa: F401  (re-exported)
+Every method subclasses :class:`PathAttribution`, which owns the Captum contract (see its module,
+``captum_paths.attr._core.base``); baseline specifications live in :mod:`captum_paths.baselines`.
+"""
+
+from captum_paths.attr._core.ablation_path import AblationPath, AblationPathResult
+from captum_paths.attr._core.agi import AdversarialGradientIntegration
+from captum_paths.attr._core.base import PathAttribution, PathResult
+from captum_paths.attr._core.blur_ig import BlurIG
+from captum_paths.attr._core.geometrically_guided_ig import GeometricallyGuidedIG
+from captum_paths.attr._core.guided_ig import GuidedIG
+from captum_paths.attr._core.idgi import IDGI
+from captum_paths.attr._core.local_path_integration import LocalPathIntegration
+from captum_paths.attr._core.reference_bank import ReferenceBank
+from captum_paths.attr._core.samp import SampAttribution, SampPath
+from captum_paths.baselines import (
     Baseline,
     Blur,
     Constant,
@@ -12,35 +26,28 @@ from captum_paths.baselines import (  # noqa: F401  (re-exported)
 )
 
 __all__ = [
+    # the base and its result type
+    "PathAttribution",
+    "PathResult",
+    # the methods
+    "SampAttribution",
+    "SampPath",
+    "LocalPathIntegration",
+    "ReferenceBank",
+    "GeometricallyGuidedIG",
+    "AblationPath",
+    "AblationPathResult",
+    "GuidedIG",
+    "BlurIG",
+    "IDGI",
+    "AdversarialGradientIntegration",
+    # baseline specifications (documented in captum_paths.baselines)
     "Baseline",
-    "Constant",
     "Blur",
+    "Constant",
     "GaussianNoise",
     "Mean",
     "Uniform",
     "Zeros",
     "gaussian_blur",
 ]
-from captum_paths.attr._core.samp import SampAttribution, SampPath  # noqa: E402
-
-__all__ += ["SampAttribution", "SampPath"]
-from captum_paths.attr._core.geometrically_guided_ig import GeometricallyGuidedIG  # noqa: E402
-
-__all__ += ["GeometricallyGuidedIG"]
-from captum_paths.attr._core.local_path_integration import LocalPathIntegration  # noqa: E402
-from captum_paths.attr._core.reference_bank import ReferenceBank  # noqa: E402
-
-__all__ += ["LocalPathIntegration", "ReferenceBank"]
-from captum_paths.attr._core.ablation_path import AblationPath, AblationPathResult  # noqa: E402
-
-__all__ += ["AblationPath", "AblationPathResult"]
-from captum_paths.attr._core.idgi import IDGI  # noqa: E402
-
-__all__ += ["IDGI"]
-from captum_paths.attr._core.agi import AdversarialGradientIntegration  # noqa: E402
-
-__all__ += ["AdversarialGradientIntegration"]
-from captum_paths.attr._core.guided_ig import GuidedIG  # noqa: E402
-from captum_paths.attr._core.blur_ig import BlurIG  # noqa: E402
-
-__all__ += ["GuidedIG", "BlurIG"]

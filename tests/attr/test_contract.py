@@ -22,7 +22,9 @@ from captum_paths.baselines import _NAMED as NAMED_BASELINES
 METHODS = sorted(
     name
     for name in public.__all__
-    if inspect.isclass(getattr(public, name)) and issubclass(getattr(public, name), PathAttribution)
+    if inspect.isclass(getattr(public, name))
+    and issubclass(getattr(public, name), PathAttribution)
+    and getattr(public, name) is not PathAttribution
 )
 N_CLASSES = 3
 
