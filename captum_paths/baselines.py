@@ -180,6 +180,8 @@ _NAMED = {
 }
 
 BaselineSpec = Union[None, int, float, str, Tensor, Baseline, Callable[[Tensor], Tensor]]
+#: one specification for every input tensor, or a tuple with one per input
+BaselinesType = Union[BaselineSpec, Tuple[BaselineSpec, ...]]
 
 
 def _generator_device(generator: Optional[torch.Generator], x: Tensor):

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from captum_paths.attr._core.base import PathAttribution, PathCall, PathOutput, PathResult
-from captum_paths.attr._utils.captum_compat import TensorOrTuple, log_usage
+from captum_paths.attr._utils.captum_compat import TargetType, TensorOrTuple, log_usage
 from captum_paths.attr._utils.features import feature_groups, flatten_inputs, group_sum, unflatten_inputs
 from captum_paths.attr._utils.monotone import (
     gaussian_filter_2d,
@@ -25,7 +25,7 @@ from captum_paths.attr._utils.validation import (
     check_positive_int,
     check_probability,
 )
-from captum_paths.baselines import Blur
+from captum_paths.baselines import BaselinesType, Blur
 
 __all__ = ["AblationPath", "AblationPathResult", "AblationPathOptions"]
 
@@ -267,8 +267,8 @@ class AblationPath(PathAttribution):
     def attribute(
         self,
         inputs: TensorOrTuple,
-        baselines: Any = None,
-        target: Any = None,
+        baselines: BaselinesType = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
@@ -292,8 +292,8 @@ class AblationPath(PathAttribution):
     def attribute(
         self,
         inputs: TensorOrTuple,
-        baselines: Any = None,
-        target: Any = None,
+        baselines: BaselinesType = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
@@ -317,8 +317,8 @@ class AblationPath(PathAttribution):
     def attribute(
         self,
         inputs: TensorOrTuple,
-        baselines: Any = None,
-        target: Any = None,
+        baselines: BaselinesType = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
@@ -372,8 +372,9 @@ class AblationPath(PathAttribution):
                 fell to ``(1 - drop_fraction)`` times its value at the input. Default 0.2 (paper).
             internal_batch_size (int): most path images per forward+backward pass, and the bound of the
                 optimisation state: examples are optimised in groups of ``max(1, internal_batch_size //
-                (T - 2))`` (examples are independent, so the result is the same). ``None``: all examples
-                together, the ``N * (T - 2)`` interior points of an iteration in one pass.
+                (T - 2))`` (examples are independent, so the result is the same). ``None``: automatic, at
+                most 2**22 input elements per pass (see
+                :func:`~captum_paths.attr._core.base.default_internal_batch_size`).
             return_convergence_delta (bool): must be False: ablation paths have no completeness property.
             return_path (bool): also return the :class:`AblationPathResult`.
             show_progress (bool): a tqdm bar over the model evaluations.

@@ -13,6 +13,7 @@ from torch import Tensor
 from captum_paths.attr._core.base import PathAttribution, PathCall, PathOutput, check_finite_pass
 from captum_paths.attr._utils.captum_compat import (
     _NO_GRAPH,
+    TargetType,
     TensorOrTuple,
     compute_gradients,
     gradients_and_scores,
@@ -223,7 +224,7 @@ class AdversarialGradientIntegration(PathAttribution):
         self,
         inputs: TensorOrTuple,
         baselines: None = None,
-        target: Any = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         epsilon: float = 0.05,
@@ -245,7 +246,7 @@ class AdversarialGradientIntegration(PathAttribution):
         self,
         inputs: TensorOrTuple,
         baselines: None = None,
-        target: Any = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         epsilon: float = 0.05,
@@ -267,7 +268,7 @@ class AdversarialGradientIntegration(PathAttribution):
         self,
         inputs: TensorOrTuple,
         baselines: None = None,
-        target: Any = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         epsilon: float = 0.05,
@@ -317,7 +318,8 @@ class AdversarialGradientIntegration(PathAttribution):
                     broadcastable to each input's per-example shape (e.g. ``(3, 1, 1)`` per-channel bounds);
                     None: no clamping. Reference: ``(0, 1)`` (its images are in [0, 1]). Default: (0, 1).
             internal_batch_size (int, optional): At most this many chains (rows) per model pass; memory is
-                    proportional to it. None: all ``N * k`` chains at once. Default: None.
+                    proportional to it. ``None``: automatic, at most 2**22 input elements per pass (see
+                    :func:`~captum_paths.attr._core.base.default_internal_batch_size`). Default: None.
             return_convergence_delta (bool, optional): Must be False: AGI has no completeness.
             generator (None, int or torch.Generator, optional): Source of the ``"random"`` false classes (an
                     int seeds a fresh CPU generator; torch's global RNG is untouched when one is given).

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from captum_paths.attr._core.base import PathAttribution, PathCall, PathOutput
-from captum_paths.attr._utils.captum_compat import TensorOrTuple, log_usage
+from captum_paths.attr._utils.captum_compat import TargetType, TensorOrTuple, log_usage
 from captum_paths.attr._utils.idgi import idgi_segment
 from captum_paths.attr._utils.validation import check_bool, check_positive_float, check_positive_int
 
@@ -188,7 +188,7 @@ class BlurIG(PathAttribution):
         self,
         inputs: TensorOrTuple,
         baselines: None = None,
-        target: Any = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         max_sigma: float = 50.0,
@@ -207,7 +207,7 @@ class BlurIG(PathAttribution):
         self,
         inputs: TensorOrTuple,
         baselines: None = None,
-        target: Any = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         max_sigma: float = 50.0,
@@ -226,7 +226,7 @@ class BlurIG(PathAttribution):
         self,
         inputs: TensorOrTuple,
         baselines: None = None,
-        target: Any = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         max_sigma: float = 50.0,
@@ -259,7 +259,8 @@ class BlurIG(PathAttribution):
             idgi (bool, optional): Attribute with IDGI's reweighting of the same path (see the class
                     docstring); one extra forward pass per example. Default: False.
             internal_batch_size (int, optional): At most this many path points (rows, of any examples and
-                    levels) per model pass. ``None``: all ``N * T`` at once. Default: None.
+                    levels) per model pass. ``None``: automatic, at most 2**22 input elements per pass (see
+                    :func:`~captum_paths.attr._core.base.default_internal_batch_size`). Default: None.
             return_convergence_delta (bool, optional): Also return, per example,
                     ``sum(attributions) - (f(x) - f(Blur(x, sigma_T)))``; one forward pass per example
                     (shared with ``idgi``). Default: False.

@@ -9,9 +9,10 @@ import torch
 from torch import Tensor
 
 from captum_paths.attr._core.base import PathAttribution, PathCall, PathOutput
-from captum_paths.attr._utils.captum_compat import TensorOrTuple, log_usage
+from captum_paths.attr._utils.captum_compat import TargetType, TensorOrTuple, log_usage
 from captum_paths.attr._utils.quadrature import trapezoid_weights as trapezoid_rule
 from captum_paths.attr._utils.validation import check_bool, check_positive_float, check_positive_int
+from captum_paths.baselines import BaselinesType
 
 __all__ = [
     "GeometricallyGuidedIG",
@@ -155,8 +156,8 @@ class GeometricallyGuidedIG(PathAttribution):
     def attribute(
         self,
         inputs: TensorOrTuple,
-        baselines: Any = None,
-        target: Any = None,
+        baselines: BaselinesType = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         n_steps: int = 50,
@@ -174,8 +175,8 @@ class GeometricallyGuidedIG(PathAttribution):
     def attribute(
         self,
         inputs: TensorOrTuple,
-        baselines: Any = None,
-        target: Any = None,
+        baselines: BaselinesType = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         n_steps: int = 50,
@@ -193,8 +194,8 @@ class GeometricallyGuidedIG(PathAttribution):
     def attribute(
         self,
         inputs: TensorOrTuple,
-        baselines: Any = None,
-        target: Any = None,
+        baselines: BaselinesType = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         n_steps: int = 50,
@@ -240,8 +241,9 @@ class GeometricallyGuidedIG(PathAttribution):
                     climbing (that gradient is still counted). ``None`` (default): every point runs all
                     ``m`` iterations, as the paper. Must be a finite number ``>= 0``.
             internal_batch_size (int, optional): At most this many points (rows) per forward+backward
-                    pass; points of different examples share a pass. ``None``: all ``N * (n + 1)`` at
-                    once. Memory is proportional to it and independent of ``m``. Default: None.
+                    pass; points of different examples share a pass. Memory is proportional to it and
+                    independent of ``m``. ``None``: automatic, at most 2**22 input elements per pass (see
+                    :func:`~captum_paths.attr._core.base.default_internal_batch_size`). Default: None.
             return_convergence_delta (bool, optional): Also return, per example,
                     ``sum(attributions) - (f_t(x) - f_t(x'))``. GGIG does not promise completeness:
                     this is a diagnostic of how far it is from it (with ``m = 1``,

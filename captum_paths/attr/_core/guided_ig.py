@@ -8,10 +8,11 @@ import torch
 from torch import Tensor
 
 from captum_paths.attr._core.base import PathAttribution, PathCall, PathOutput
-from captum_paths.attr._utils.captum_compat import TensorOrTuple, log_usage
+from captum_paths.attr._utils.captum_compat import TargetType, TensorOrTuple, log_usage
 from captum_paths.attr._utils.features import flatten_inputs, unflatten_inputs
 from captum_paths.attr._utils.idgi import idgi_accumulate_
 from captum_paths.attr._utils.validation import check_bool, check_positive_int, check_probability
+from captum_paths.baselines import BaselinesType
 
 __all__ = ["GuidedIG", "guided_step_bounds", "lower_quantile", "l1_isclose", "guided_step_"]
 
@@ -206,8 +207,8 @@ class GuidedIG(PathAttribution):
     def attribute(
         self,
         inputs: TensorOrTuple,
-        baselines: Any = None,
-        target: Any = None,
+        baselines: BaselinesType = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         n_steps: int = 200,
@@ -224,8 +225,8 @@ class GuidedIG(PathAttribution):
     def attribute(
         self,
         inputs: TensorOrTuple,
-        baselines: Any = None,
-        target: Any = None,
+        baselines: BaselinesType = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         n_steps: int = 200,
@@ -242,8 +243,8 @@ class GuidedIG(PathAttribution):
     def attribute(
         self,
         inputs: TensorOrTuple,
-        baselines: Any = None,
-        target: Any = None,
+        baselines: BaselinesType = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         n_steps: int = 200,
@@ -280,7 +281,10 @@ class GuidedIG(PathAttribution):
             idgi (bool, optional): Attribute with IDGI's reweighting of the same path (see the class
                     docstring); one extra forward pass per example. Default: False.
             internal_batch_size (int, optional): At most this many examples per forward+backward pass (the
-                    ``N`` examples' current points are one batch per step). ``None``: all. Default: None.
+                    ``N`` examples' current points are one batch per step). ``None``: automatic, at most 2**22
+                    input elements per pass (see
+                    :func:`~captum_paths.attr._core.base.default_internal_batch_size`).
+                    Default: None.
             return_convergence_delta (bool, optional): Also return, per example,
                     ``sum(attributions) - (f(x) - f(x'))`` (the Riemann error of Guided IG's path integral;
                     zero up to rounding with ``idgi``). ``f(x)`` costs one forward pass per example (shared

@@ -9,9 +9,10 @@ from torch import Tensor
 
 from captum_paths.attr._core.base import PathAttribution, PathCall, PathOutput
 from captum_paths.attr._core.geometrically_guided_ig import point_runs
-from captum_paths.attr._utils.captum_compat import TensorOrTuple, log_usage
+from captum_paths.attr._utils.captum_compat import TargetType, TensorOrTuple, log_usage
 from captum_paths.attr._utils.idgi import idgi_accumulate_, idgi_direction
 from captum_paths.attr._utils.validation import check_positive_int
+from captum_paths.baselines import BaselinesType
 
 __all__ = ["IDGI", "IDGIOptions", "idgi_rule", "straight_line_idgi"]
 
@@ -200,8 +201,8 @@ class IDGI(PathAttribution):
     def attribute(
         self,
         inputs: TensorOrTuple,
-        baselines: Any = None,
-        target: Any = None,
+        baselines: BaselinesType = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         n_steps: int = 50,
@@ -217,8 +218,8 @@ class IDGI(PathAttribution):
     def attribute(
         self,
         inputs: TensorOrTuple,
-        baselines: Any = None,
-        target: Any = None,
+        baselines: BaselinesType = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         n_steps: int = 50,
@@ -234,8 +235,8 @@ class IDGI(PathAttribution):
     def attribute(
         self,
         inputs: TensorOrTuple,
-        baselines: Any = None,
-        target: Any = None,
+        baselines: BaselinesType = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         n_steps: int = 50,
@@ -269,7 +270,8 @@ class IDGI(PathAttribution):
             score (str, optional): ``"logit"`` (default): the forward function's raw target output;
                     ``"softmax"``: its softmax probability over dim 1 (needs ``(N, n_classes)`` outputs).
             internal_batch_size (int, optional): At most this many rows (path points of any examples) per
-                    model pass. ``None``: all ``N * n`` gradient rows at once. Default: None.
+                    model pass. ``None``: automatic, at most 2**22 input elements per pass (see
+                    :func:`~captum_paths.attr._core.base.default_internal_batch_size`). Default: None.
             return_convergence_delta (bool, optional): Also return ``sum(attributions) - (y(x) - y(x'))``
                     per example, ``(N,)``: rounding only, unless a segment was skipped by the zero-gradient
                     guard. The two scores come from the passes already run. Default: False.

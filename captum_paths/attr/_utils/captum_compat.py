@@ -4,7 +4,7 @@ Captum moves and renames its private helpers between releases; every other modul
 here, so a Captum release that breaks one of them breaks this file only. Supported: Captum 0.7, 0.8, 0.9.
 """
 
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 import torch
 from captum._utils.common import (  # noqa: F401  (re-exported)
@@ -21,6 +21,8 @@ from captum.log import log_usage  # noqa: F401  (re-exported)
 from torch import Tensor
 
 TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
+#: every Captum target format: None, an int, a tuple index, a tensor (one entry or one per example), a list
+TargetType = Union[None, int, Tuple[int, ...], Tensor, List[int], List[Tuple[int, ...]]]
 
 __all__ = [
     "compute_gradients",
@@ -36,6 +38,8 @@ __all__ = [
     "forward_scores",
     "gradients_and_scores",
     "target_scores",
+    "TargetType",
+    "TensorOrTuple",
 ]
 
 
