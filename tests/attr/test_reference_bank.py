@@ -122,7 +122,14 @@ def test_save_load_round_trip_is_exact_and_atomic(bank, tmp_path):
     bank.save(path)
     assert sorted(os.listdir(tmp_path)) == ["bank.pt"]  # no temporary file left behind
     loaded = ReferenceBank.load(path)
-    for name in ["centers_", "densities_", "offsets_", "reference_indices_", "neighborhood_sizes_"]:
+    for name in [
+        "centers_",
+        "densities_",
+        "offsets_",
+        "reference_indices_",
+        "neighborhood_sizes_",
+        "reference_logits_",
+    ]:
         a, b = getattr(bank, name), getattr(loaded, name)
         assert a.dtype == b.dtype and torch.equal(a, b), name
     assert all(torch.equal(a, b) for a, b in zip(bank.references_, loaded.references_))
@@ -172,9 +179,9 @@ def test_load_rejects_corrupted_truncated_newer_and_inconsistent_files(bank, tmp
         ReferenceBank.load(corrupted)
 
     newer = bank._state()
-    newer["version"] = 2
+    newer["version"] = 3
     _rewrite(newer, tmp_path / "newer.pt")
-    with pytest.raises(ValueError, match="newer ReferenceBank format \\(version 2\\)"):
+    with pytest.raises(ValueError, match="newer ReferenceBank format \\(version 3\\)"):
         ReferenceBank.load(tmp_path / "newer.pt")
 
     dens = bank._state()
@@ -243,3 +250,81 @@ def test_a_loaded_bank_for_another_input_shape_is_refused_by_name(bank, digits_c
         ValueError, match=r"shape \(1, 28, 28\) but the reference bank was fitted on inputs of shape \(1, 16, 16\)"
     ):
         LocalPathIntegration(digits_cnn, loaded).attribute(torch.zeros(2, 1, 28, 28), target=0)
+
+
+def test_the_bank_keeps_the_fitting_models_logits_and_refuses_another(bank, digits, digits_cnn):
+    with torch.no_grad():
+        logits = digits_cnn(bank.references_[0])
+    assert bank.reference_logits_.dtype == torch.float64 and bank.reference_logits_.shape == (G * M, 10)
+    torch.testing.assert_close(bank.reference_logits_, logits.double(), rtol=0, atol=0)
+    bank.check_model_logits(logits)  # the fitting model: accepted
+    bank.check_model_logits(logits.double() + 1e-6)  # float64 / another device: within tolerance
+    with pytest.raises(ValueError, match="fitted for another model"):
+        bank.check_model_logits(logits * 1.1, "my model")
+    with pytest.raises(ValueError, match=r"my model gives \(18, 5\) logits"):
+        bank.check_model_logits(logits[:, :5], "my model")
+
+
+def test_load_refuses_non_finite_references_and_densities(bank, tmp_path):
+    refs = bank._state()
+    refs["references"] = [refs["references"][0].clone()]
+    refs["references"][0][3, 0, 2, 2] = float("nan")
+    _rewrite(refs, tmp_path / "refs.pt")
+    with pytest.raises(ValueError, match=r"`references`\[0\] contain nan or inf"):
+        ReferenceBank.load(tmp_path / "refs.pt")
+    dens = bank._state()
+    dens["densities"] = dens["densities"].clone()
+    dens["densities"][2] = float("inf")
+    _rewrite(dens, tmp_path / "dens.pt")
+    with pytest.raises(ValueError, match="`densities` must be finite"):
+        ReferenceBank.load(tmp_path / "dens.pt")
+    logits = bank._state()
+    logits["reference_logits"] = logits["reference_logits"][:, :3].clone()
+    _rewrite(logits, tmp_path / "logits.pt")
+    with pytest.raises(ValueError, match=r"`reference_logits` must be a tensor of shape \(18, 10\)"):
+        ReferenceBank.load(tmp_path / "logits.pt")
+    missing = bank._state()
+    del missing["reference_logits"]  # a version-2 file must carry them
+    _rewrite(missing, tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="missing field"):
+        ReferenceBank.load(tmp_path / "missing.pt")
+
+
+def test_a_version_1_file_still_loads(bank, tmp_path):
+    state = bank._state()
+    state["version"] = 1
+    del state["reference_logits"]
+    _rewrite(state, tmp_path / "v1.pt")
+    old = ReferenceBank.load(tmp_path / "v1.pt")
+    assert old.reference_logits_ is None and torch.equal(old.centers_, bank.centers_)
+    old.check_model_logits(torch.zeros(G * M, 10))  # nothing to compare with: no error
+    old.save(tmp_path / "again.pt")  # no logits: written as version 1 again
+    assert old._state()["version"] == 1 and ReferenceBank.load(tmp_path / "again.pt").reference_logits_ is None
+    assert bank._state()["version"] == 2
+
+
+def test_load_to_a_device_that_is_not_there_says_so(bank, tmp_path):
+    bank.save(tmp_path / "bank.pt")
+    absent = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU (cuda:0 on a CPU-only machine)
+    with pytest.raises(ValueError, match=r"`map_location`='cuda:\d+' names a device that is not available"):
+        ReferenceBank.load(tmp_path / "bank.pt", map_location=absent)
+    with pytest.raises(ValueError, match="`map_location` must name a torch device"):
+        ReferenceBank.load(tmp_path / "bank.pt", map_location="gpu0")
+    loaded = ReferenceBank.load(tmp_path / "bank.pt", map_location=torch.device("cpu"))
+    assert loaded.references_[0].device.type == "cpu"
+
+
+@pytest.mark.parametrize("kind", ["tensor", "dataset", "loader"])
+def test_a_seeded_fit_leaves_the_global_random_states_alone(digits, digits_cnn, kind):
+    data = {
+        "tensor": digits.x_train,
+        "dataset": TensorDataset(digits.x_train, digits.y_train),
+        "loader": DataLoader(TensorDataset(digits.x_train, digits.y_train), batch_size=128, shuffle=True),
+    }[kind]
+    torch.manual_seed(11)
+    np.random.seed(11)
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()
+    ReferenceBank(n_neighborhoods=2, n_references=3, random_state=0).fit(digits_cnn, data)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    after = np.random.get_state()
+    assert after[0] == numpy_state[0] and np.array_equal(after[1], numpy_state[1]) and after[2:] == numpy_state[2:]

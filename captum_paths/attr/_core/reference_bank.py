@@ -23,8 +23,10 @@ import hashlib
 import os
 import tempfile
 import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
 from numbers import Integral
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -36,7 +38,7 @@ from captum_paths.attr._utils.validation import check_positive_int
 __all__ = ["ReferenceBank"]
 
 _FORMAT = "captum_paths.ReferenceBank"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: + reference_logits (identify the fitting model); 1 still loads
 _DENSITY_ATOL = 1e-6
 
 
@@ -111,6 +113,151 @@ def _tensor_digest(state: Dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+# ---------------------------------------------------------------------------------- fitting steps
+@dataclass
+class _FitSource:
+    """Where ``fit`` reads the training inputs: the batches of its one pass, and how to read rows back.
+
+    ``fetch(indices)`` returns the model inputs of those training rows; ``None`` when the data cannot be read
+    back by position (a shuffled loader, an iterable dataset): the pass then keeps its inputs on the CPU
+    (``keep_all``). ``n_total`` is the number of examples when known (for the progress bar).
+    """
+
+    batches: Iterable[Tuple[Tensor, ...]]
+    fetch: Optional[Callable[[Sequence[int]], Tuple[Tensor, ...]]]
+    n_total: Optional[int]
+
+    @property
+    def keep_all(self) -> bool:
+        return self.fetch is None
+
+
+@dataclass
+class _FitRun:
+    """One fit's model, device and source, and what its pass found (per-example input shapes, kept inputs)."""
+
+    model: Any
+    device: Optional[torch.device]
+    source: _FitSource
+    show_progress: bool
+    input_shapes: Optional[Tuple[Tuple[int, ...], ...]] = None
+    kept_inputs: Optional[Tuple[Tensor, ...]] = None
+
+
+def _fit_source(data: Any, n_inputs: Optional[int], batch_size: int) -> _FitSource:
+    """The batches and read-back of a tensor, a tuple of tensors, a DataLoader or a map-style dataset."""
+    from torch.utils.data import DataLoader, Dataset
+
+    if isinstance(data, Tensor) or (isinstance(data, tuple) and data and all(isinstance(t, Tensor) for t in data)):
+        return _tensor_source((data,) if isinstance(data, Tensor) else tuple(data), n_inputs, batch_size)
+    if isinstance(data, DataLoader):
+        return _loader_source(data, n_inputs)
+    if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        loader = DataLoader(data, batch_size=batch_size, shuffle=False)
+        return _FitSource(
+            (_split_item(b, n_inputs, "a `data` batch") for b in loader),
+            _dataset_fetch(data, loader.collate_fn, n_inputs),
+            len(data),
+        )
+    raise TypeError(
+        f"`data` must be a tensor, a tuple of tensors, a Dataset or a DataLoader, got {type(data).__name__}"
+    )
+
+
+def _tensor_source(tensors: Tuple[Tensor, ...], n_inputs: Optional[int], batch_size: int) -> _FitSource:
+    if n_inputs is not None and n_inputs != len(tensors):
+        raise ValueError(f"`n_inputs`={n_inputs} but `data` holds {len(tensors)} tensor(s)")
+    if any(t.dim() == 0 for t in tensors) or len({t.shape[0] for t in tensors}) != 1:
+        raise ValueError("every tensor in `data` must have the same batch size (dim 0)")
+    n_total = tensors[0].shape[0]
+
+    def fetch(idx: Sequence[int]) -> Tuple[Tensor, ...]:
+        index = torch.as_tensor(list(idx), dtype=torch.long)
+        return tuple(t[index.to(t.device)] for t in tensors)
+
+    return _FitSource((tuple(t[s] for t in tensors) for s in _slices(n_total, batch_size)), fetch, n_total)
+
+
+def _loader_source(loader: Any, n_inputs: Optional[int]) -> _FitSource:
+    """A loader is read back through its dataset only when its order is the dataset's (sequential sampler)."""
+    from torch.utils.data import SequentialSampler
+
+    n_total = len(loader.dataset) if hasattr(loader.dataset, "__len__") else None
+    batches = (_split_item(b, n_inputs, "a `data` batch") for b in loader)
+    sequential = (
+        isinstance(loader.sampler, SequentialSampler)
+        and loader.batch_sampler is not None
+        and type(loader.batch_sampler).__name__ == "BatchSampler"
+        and hasattr(loader.dataset, "__getitem__")
+    )
+    fetch = _dataset_fetch(loader.dataset, loader.collate_fn, n_inputs) if sequential else None
+    return _FitSource(batches, fetch, n_total)
+
+
+def _dataset_fetch(dataset: Any, collate_fn: Callable, n_inputs: Optional[int]):
+    def fetch(idx: Sequence[int]) -> Tuple[Tensor, ...]:
+        items = [dataset[int(i)] for i in idx]
+        return _split_item(collate_fn(items), n_inputs, "a `data` item")
+
+    return fetch
+
+
+def _collect_logits(run: _FitRun) -> Tensor:
+    """The fit's one pass: ``(N, K)`` logits on the CPU (and, when the source cannot be read back, its inputs)."""
+    chunks: List[Tensor] = []
+    kept: List[Tuple[Tensor, ...]] = []
+    bar_args = dict(total=run.source.n_total, desc="ReferenceBank logits", unit="ex")
+    with torch.no_grad(), progress_bar(run.show_progress, **bar_args) as bar:
+        for batch in run.source.batches:
+            shapes = tuple(tuple(t.shape[1:]) for t in batch)
+            if run.input_shapes is None:
+                run.input_shapes = shapes
+            elif shapes != run.input_shapes:
+                raise ValueError("every batch of `data` must have the same per-example input shapes")
+            out = run.model(*(t.to(run.device) if run.device is not None else t for t in batch))
+            if not isinstance(out, Tensor):
+                raise TypeError(f"`model` must return a torch.Tensor, got {type(out).__name__}")
+            chunks.append(out.detach().reshape(out.shape[0], -1).cpu())
+            if run.source.keep_all:
+                kept.append(tuple(t.detach().cpu() for t in batch))
+            bar.update(batch[0].shape[0])
+    if not chunks:
+        raise ValueError("`data` is empty")
+    if kept:
+        run.kept_inputs = tuple(torch.cat(parts) for parts in zip(*kept))
+    logits = torch.cat(chunks)
+    if not torch.isfinite(logits).all():
+        raise ValueError("the model's logits over `data` contain nan or inf")
+    return logits
+
+
+def _read_references(run: _FitRun, indices: List[int]) -> Tuple[Tensor, ...]:
+    """The training inputs at ``indices``, read back from the source (or from the inputs the pass kept)."""
+    if run.source.keep_all:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        references = tuple(t[index] for t in run.kept_inputs)
+    else:
+        references = run.source.fetch(indices)
+    for i, (r, shape) in enumerate(zip(references, run.input_shapes)):
+        if tuple(r.shape[1:]) != shape or r.shape[0] != len(indices):
+            raise ValueError(f"reading the references back from `data` gave input {i} of shape {tuple(r.shape)}")
+    return references
+
+
+@contextmanager
+def _global_rng_kept(keep: bool) -> Iterator[None]:
+    """Restore torch's (CPU) and numpy's global random states on exit when ``keep``."""
+    if not keep:
+        yield
+        return
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        np.random.set_state(numpy_state)
+
+
 class ReferenceBank:
     r"""Local reference distribution of Local Path Integration, fitted on training data.
 
@@ -160,6 +307,9 @@ class ReferenceBank:
         offsets_ (Tensor): ``(G + 1,)`` long: references of neighbourhood ``g`` are rows
             ``offsets_[g]:offsets_[g + 1]``.
         reference_indices_ (Tensor): ``(R,)`` long: the position of each reference in the training data.
+        reference_logits_ (Tensor or None): ``(R, K)`` float64, the fitting model's logits on the references:
+            they identify the model (see :meth:`check_model_logits`). ``None`` for a bank loaded from a
+            version-1 file.
         neighborhood_sizes_ (Tensor): ``(G,)`` long: training examples per neighbourhood.
         input_shapes_ (tuple of tuple): per-example shape of each model input.
     """
@@ -221,112 +371,39 @@ class ReferenceBank:
         dataset; for any other loader (shuffled, iterable datasets) the inputs of the pass are kept on
         the CPU. Each reference is checked to reproduce the logits it was selected by: a dataset whose
         items change between reads (random augmentation) or a model in training mode raises an error.
-        """
-        from torch.utils.data import DataLoader, Dataset, SequentialSampler
+        The references' logits are kept (``reference_logits_``): they identify the fitting model, and
+        :class:`~captum_paths.LocalPathIntegration` refuses a model whose logits on the references differ.
 
+        With ``random_state`` set, torch's and numpy's global random states are restored after the fit
+        (a loader's iteration draws its base seed from torch's global generator): fitting a seeded bank
+        does not change what the rest of a program draws.
+        """
         if not callable(model):
             raise TypeError(f"`model` must be callable, got {type(model).__name__}")
         if n_inputs is not None:
             n_inputs = check_positive_int(n_inputs, "n_inputs")
         batch_size = check_positive_int(batch_size, "batch_size")
-        device = self._model_device(model)
-
-        keep_all = False
-        if isinstance(data, Tensor) or (isinstance(data, tuple) and data and all(isinstance(t, Tensor) for t in data)):
-            tensors = (data,) if isinstance(data, Tensor) else tuple(data)
-            if n_inputs is not None and n_inputs != len(tensors):
-                raise ValueError(f"`n_inputs`={n_inputs} but `data` holds {len(tensors)} tensor(s)")
-            if any(t.dim() == 0 for t in tensors) or len({t.shape[0] for t in tensors}) != 1:
-                raise ValueError("every tensor in `data` must have the same batch size (dim 0)")
-            n_total = tensors[0].shape[0]
-            batches = ((tuple(t[s] for t in tensors)) for s in _slices(n_total, batch_size))
-
-            def fetch(idx: Sequence[int]) -> Tuple[Tensor, ...]:
-                index = torch.as_tensor(list(idx), dtype=torch.long)
-                return tuple(t[index.to(t.device)] for t in tensors)
-
-        elif isinstance(data, DataLoader):
-            loader = data
-            n_total = len(loader.dataset) if hasattr(loader.dataset, "__len__") else None
-            batches = (_split_item(b, n_inputs, "a `data` batch") for b in loader)
-            sequential = (
-                isinstance(loader.sampler, SequentialSampler)
-                and loader.batch_sampler is not None
-                and type(loader.batch_sampler).__name__ == "BatchSampler"
-                and hasattr(loader.dataset, "__getitem__")
-            )
-            if sequential:
-
-                def fetch(idx: Sequence[int]) -> Tuple[Tensor, ...]:
-                    items = [loader.dataset[int(i)] for i in idx]
-                    return _split_item(loader.collate_fn(items), n_inputs, "a `data` item")
-            else:
-                keep_all = True
-                fetch = None  # filled from the kept inputs below
-        elif isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
-            dataset = data
-            loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-            n_total = len(dataset)
-            batches = (_split_item(b, n_inputs, "a `data` batch") for b in loader)
-
-            def fetch(idx: Sequence[int]) -> Tuple[Tensor, ...]:
-                items = [dataset[int(i)] for i in idx]
-                return _split_item(loader.collate_fn(items), n_inputs, "a `data` item")
-
-        else:
-            raise TypeError(
-                f"`data` must be a tensor, a tuple of tensors, a Dataset or a DataLoader, got {type(data).__name__}"
-            )
-
-        # one pass: logits (and, for loaders that cannot be re-read by position, the inputs)
-        logits_chunks: List[Tensor] = []
-        kept: List[Tuple[Tensor, ...]] = []
-        input_shapes: Optional[Tuple[Tuple[int, ...], ...]] = None
-        with torch.no_grad(), progress_bar(show_progress, total=n_total, desc="ReferenceBank logits", unit="ex") as bar:
-            for batch in batches:
-                if input_shapes is None:
-                    input_shapes = tuple(tuple(t.shape[1:]) for t in batch)
-                elif tuple(tuple(t.shape[1:]) for t in batch) != input_shapes:
-                    raise ValueError("every batch of `data` must have the same per-example input shapes")
-                out = model(*(t.to(device) if device is not None else t for t in batch))
-                if not isinstance(out, Tensor):
-                    raise TypeError(f"`model` must return a torch.Tensor, got {type(out).__name__}")
-                logits_chunks.append(out.detach().reshape(out.shape[0], -1).cpu())
-                if keep_all:
-                    kept.append(tuple(t.detach().cpu() for t in batch))
-                bar.update(batch[0].shape[0])
-        if not logits_chunks:
-            raise ValueError("`data` is empty")
-        logits = torch.cat(logits_chunks)
-        if keep_all:
-            kept_inputs = tuple(torch.cat(parts) for parts in zip(*kept))
-            del kept
-
-            def fetch(idx: Sequence[int]) -> Tuple[Tensor, ...]:
-                index = torch.as_tensor(list(idx), dtype=torch.long)
-                return tuple(t[index] for t in kept_inputs)
-
-        if not torch.isfinite(logits).all():
-            raise ValueError("the model's logits over `data` contain nan or inf")
-        n = logits.shape[0]
-        if n < self.n_neighborhoods:
-            raise ValueError(f"`data` has {n} example(s), fewer than `n_neighborhoods`={self.n_neighborhoods}")
-
-        centers, groups, densities, ref_idx, sizes = self._cluster(logits.numpy())
-        references = fetch(ref_idx.tolist())
-        for i, (r, shape) in enumerate(zip(references, input_shapes)):
-            if tuple(r.shape[1:]) != shape or r.shape[0] != len(ref_idx):
-                raise ValueError(f"reading the references back from `data` gave input {i} of shape {tuple(r.shape)}")
-        self._check_references_reproduce(model, device, references, logits[torch.as_tensor(ref_idx)])
-
+        with _global_rng_kept(self.random_state is not None):
+            source = _fit_source(data, n_inputs, batch_size)
+            run = _FitRun(model, self._model_device(model), source, show_progress)
+            logits = _collect_logits(run)
+            if logits.shape[0] < self.n_neighborhoods:
+                raise ValueError(
+                    f"`data` has {logits.shape[0]} example(s), fewer than `n_neighborhoods`={self.n_neighborhoods}"
+                )
+            centers, groups, densities, ref_idx, sizes = self._cluster(logits.numpy())
+            references = _read_references(run, ref_idx.tolist())
+            reference_logits = logits[torch.as_tensor(ref_idx)]
+            self._check_references_reproduce(model, run.device, references, reference_logits)
         offsets = np.concatenate([[0], np.cumsum([len(g) for g in groups])])
         self.centers_ = torch.as_tensor(centers, dtype=torch.float64)
         self.references_ = tuple(r.detach().cpu().clone() for r in references)
+        self.reference_logits_: Optional[Tensor] = reference_logits.to(torch.float64)
         self.densities_ = torch.as_tensor(densities, dtype=torch.float64)
         self.offsets_ = torch.as_tensor(offsets, dtype=torch.long)
         self.reference_indices_ = torch.as_tensor(ref_idx, dtype=torch.long)
         self.neighborhood_sizes_ = torch.as_tensor(sizes, dtype=torch.long)
-        self.input_shapes_ = tuple(input_shapes)
+        self.input_shapes_ = tuple(run.input_shapes)
         return self
 
     @staticmethod
@@ -379,11 +456,7 @@ class ReferenceBank:
     def _check_references_reproduce(model, device, references, expected_logits: Tensor) -> None:
         with torch.no_grad():
             out = model(*(r.to(device) if device is not None else r for r in references))
-        got = out.detach().reshape(out.shape[0], -1).cpu().to(expected_logits.dtype)
-        scale = float(expected_logits.abs().max()) if expected_logits.numel() else 1.0
-        if got.shape != expected_logits.shape or not torch.allclose(
-            got, expected_logits, rtol=1e-3, atol=1e-4 * max(scale, 1.0)
-        ):
+        if not _logits_agree(out, expected_logits):
             raise ValueError(
                 "the references read back from `data` do not reproduce the logits they were selected by: "
                 "`data` must return the same inputs on every read (no random augmentation) and `model` "
@@ -405,6 +478,38 @@ class ReferenceBank:
     def n_logits(self) -> int:
         self.check_fitted()
         return int(self.centers_.shape[1])
+
+    def check_model_logits(self, logits: Tensor, what: str = "the model") -> None:
+        """Refuse a model other than the fitting one: ``logits`` are its outputs on ``references_``.
+
+        Args:
+            logits (Tensor): ``(R, ...)`` the model's outputs on the bank's ``R`` references (flattened to
+                ``(R, K)``), in the order of ``references_``.
+            what (str): how the error names the model.
+
+        Raises ``ValueError`` when the number of logits differs or any differs from the fitting model's
+        (``reference_logits_``) beyond relative 1e-3 / absolute 1e-4 of the largest logit: the bank's
+        neighbourhoods live in the fitting model's logit space and mean nothing to another model. A bank
+        loaded from a version-1 file has no logits to compare: nothing is checked (callers may warn).
+        """
+        self.check_fitted()
+        if self.reference_logits_ is None:
+            return
+        flat = logits.detach().reshape(logits.shape[0], -1)
+        expected = self.reference_logits_
+        if tuple(flat.shape) != tuple(expected.shape):
+            raise ValueError(
+                f"{what} gives {tuple(flat.shape)} logits on the reference bank's references but the bank was "
+                f"fitted on a model giving {tuple(expected.shape)}: fit a ReferenceBank for this model"
+            )
+        if not _logits_agree(flat, expected):
+            diff = float((flat.cpu().to(torch.float64) - expected).abs().max())
+            raise ValueError(
+                f"the reference bank was fitted for another model: {what}'s logits on the bank's references "
+                f"differ from the fitting model's by up to {diff:.3g} (largest fitted logit "
+                f"{float(expected.abs().max()):.3g}); fit a ReferenceBank with this model "
+                "(`ReferenceBank(...).fit(model, data)`)"
+            )
 
     def neighborhoods(self, logits: Tensor) -> Tensor:
         """Neighbourhood of each row of ``logits`` ``(N, ...)``: the nearest centre, shape ``(N,)`` long."""
@@ -445,7 +550,8 @@ class ReferenceBank:
         self.check_fitted()
         state: Dict[str, Any] = {
             "format": _FORMAT,
-            "version": _FORMAT_VERSION,
+            # without the references' logits (a bank loaded from a version-1 file) the content is version 1
+            "version": _FORMAT_VERSION if self.reference_logits_ is not None else 1,
             "n_neighborhoods": self.n_neighborhoods,
             "n_references": self.n_references,
             "centers": self.centers_.cpu(),
@@ -456,6 +562,8 @@ class ReferenceBank:
             "neighborhood_sizes": self.neighborhood_sizes_.cpu(),
             "input_shapes": [list(s) for s in self.input_shapes_],
         }
+        if self.reference_logits_ is not None:  # a bank loaded from a version-1 file has none
+            state["reference_logits"] = self.reference_logits_.cpu()
         state["sha256"] = _tensor_digest(state)
         return state
 
@@ -463,7 +571,9 @@ class ReferenceBank:
         """Write the bank to ``path`` atomically (a temporary file in the same folder, then a rename).
 
         The file holds plain tensors, ints, strings and lists only, read back by :meth:`load` with
-        ``torch.load(weights_only=True)``.
+        ``torch.load(weights_only=True)``. Format version 2: version 1 plus the references' logits
+        (``reference_logits``, which identify the fitting model); a bank loaded from a version-1 file, which has
+        none, is written as version 1 again.
         """
         state = self._state()
         path = os.fspath(path)
@@ -484,11 +594,21 @@ class ReferenceBank:
     def load(cls, path: Union[str, os.PathLike], map_location: Any = "cpu") -> "ReferenceBank":
         """Read a bank written by :meth:`save`, without arbitrary unpickling, and validate it.
 
+        Args:
+            path (str or PathLike): the file.
+            map_location: where the tensors go, as for ``torch.load``. Default ``"cpu"``. A device (string or
+                ``torch.device``) that this machine does not have raises ``ValueError`` saying so.
+
+        Files of format version 1 (before the references' logits were saved) still load; such a bank has
+        ``reference_logits_ = None`` and cannot be checked against a model (LocalPathIntegration warns).
+
         Raises ``ValueError`` naming what is wrong: unreadable (corrupted or truncated) file, not a
         ReferenceBank, a newer format version than this package reads, a checksum mismatch, inconsistent
-        shapes, or densities that are negative or do not sum to one within a neighbourhood.
+        shapes, non-finite centres, references, logits or densities, or densities that are negative or do
+        not sum to one within a neighbourhood.
         """
         path = os.fspath(path)
+        _check_map_location(map_location)
         try:
             state = torch.load(path, map_location=map_location, weights_only=True)
         except FileNotFoundError:
@@ -498,100 +618,28 @@ class ReferenceBank:
                 f"{path!r} is not a readable ReferenceBank file (corrupted, truncated or not written by "
                 f"ReferenceBank.save): {type(exc).__name__}: {str(exc)[:300]}"
             ) from exc
-        if not isinstance(state, dict) or state.get("format") != _FORMAT:
-            raise ValueError(f"{path!r} is not a ReferenceBank file (missing format tag {_FORMAT!r})")
-        version = state.get("version")
-        if not isinstance(version, int) or version < 1:
-            raise ValueError(f"{path!r}: invalid format version {version!r}")
-        if version > _FORMAT_VERSION:
-            raise ValueError(
-                f"{path!r} was written by a newer ReferenceBank format (version {version}); this version of "
-                f"captum_paths reads versions up to {_FORMAT_VERSION}: upgrade captum_paths"
-            )
-        required = [
-            "n_neighborhoods",
-            "n_references",
-            "centers",
-            "references",
-            "densities",
-            "offsets",
-            "reference_indices",
-            "neighborhood_sizes",
-            "input_shapes",
-            "sha256",
-        ]
-        missing = [k for k in required if k not in state]
-        if missing:
-            raise ValueError(f"{path!r}: missing field(s) {missing}")
-        if _tensor_digest(state) != state["sha256"]:
-            raise ValueError(f"{path!r}: checksum mismatch, the file content is corrupted")
+        _check_header(state, path)
         bank = cls(n_neighborhoods=state["n_neighborhoods"], n_references=state["n_references"])
         bank._set_validated(state, path)
         return bank
 
     def _set_validated(self, state: Dict[str, Any], path: str) -> None:
-        def bad(msg: str) -> ValueError:
-            return ValueError(f"{path!r}: {msg}")
-
-        centers, densities, offsets = state["centers"], state["densities"], state["offsets"]
-        references, ref_idx, sizes = state["references"], state["reference_indices"], state["neighborhood_sizes"]
-        shapes = state["input_shapes"]
-        for name, t in (
-            ("centers", centers),
-            ("densities", densities),
-            ("offsets", offsets),
-            ("reference_indices", ref_idx),
-            ("neighborhood_sizes", sizes),
-        ):
-            if not isinstance(t, Tensor):
-                raise bad(f"`{name}` must be a tensor, got {type(t).__name__}")
-        g = self.n_neighborhoods
-        if centers.dim() != 2 or centers.shape[0] != g or not centers.dtype.is_floating_point:
-            raise bad(f"`centers` must be a float ({g}, K) tensor, got {tuple(centers.shape)} {centers.dtype}")
-        if not torch.isfinite(centers).all():
-            raise bad("`centers` contain nan or inf")
-        if offsets.shape != (g + 1,) or offsets.dtype != torch.long:
-            raise bad(
-                f"`offsets` must be a long tensor of shape ({g + 1},), got {tuple(offsets.shape)} {offsets.dtype}"
-            )
-        counts = offsets[1:] - offsets[:-1]
-        r = int(offsets[-1])
-        if int(offsets[0]) != 0 or bool((counts < 1).any()) or bool((counts > self.n_references).any()):
-            raise bad(
-                f"`offsets` must start at 0 and give between 1 and {self.n_references} references per neighbourhood"
-            )
-        if densities.shape != (r,) or not densities.dtype.is_floating_point:
-            raise bad(f"`densities` must be a float tensor of shape ({r},), got {tuple(densities.shape)}")
-        if ref_idx.shape != (r,) or sizes.shape != (g,):
-            raise bad(f"`reference_indices` must have shape ({r},) and `neighborhood_sizes` ({g},)")
-        if (
-            not isinstance(shapes, list)
-            or not shapes
-            or not all(isinstance(s, list) and all(isinstance(d, int) and d >= 0 for d in s) for s in shapes)
-        ):
-            raise bad("`input_shapes` must be a non-empty list of lists of non-negative ints")
-        if not isinstance(references, list) or len(references) != len(shapes):
-            raise bad(f"`references` must be a list of {len(shapes)} tensor(s), one per input")
-        for i, (ref, shape) in enumerate(zip(references, shapes)):
-            if not isinstance(ref, Tensor) or tuple(ref.shape) != (r, *shape):
-                got = tuple(ref.shape) if isinstance(ref, Tensor) else type(ref).__name__
-                raise bad(f"`references`[{i}] must have shape {(r, *shape)}, got {got}")
-        if not torch.isfinite(densities).all() or bool((densities < 0).any()):
-            raise bad("`densities` must be finite and non-negative")
-        sums = torch.zeros(g, dtype=torch.float64).index_add_(
-            0, torch.repeat_interleave(torch.arange(g), counts), densities.to(torch.float64)
-        )
-        wrong = torch.nonzero((sums - 1).abs() > _DENSITY_ATOL).reshape(-1)
-        if wrong.numel():
-            k = int(wrong[0])
-            raise bad(f"the densities of neighbourhood {k} sum to {float(sums[k]):.9g}, not 1")
-        self.centers_ = centers.to(torch.float64)
-        self.references_ = tuple(references)
-        self.densities_ = densities.to(torch.float64)
-        self.offsets_ = offsets
-        self.reference_indices_ = ref_idx.to(torch.long)
-        self.neighborhood_sizes_ = sizes.to(torch.long)
-        self.input_shapes_ = tuple(tuple(s) for s in shapes)
+        """Check every field of a loaded state (see :class:`_StateCheck`), then set the fitted attributes."""
+        check = _StateCheck(state, path, self.n_neighborhoods, self.n_references)
+        check.tensors()
+        counts = check.offsets()
+        check.input_shapes_and_references()
+        check.densities(counts)
+        check.reference_logits()
+        self.centers_ = state["centers"].to(torch.float64)
+        self.references_ = tuple(state["references"])
+        logits = state.get("reference_logits")
+        self.reference_logits_ = None if logits is None else logits.to(torch.float64)
+        self.densities_ = state["densities"].to(torch.float64)
+        self.offsets_ = state["offsets"]
+        self.reference_indices_ = state["reference_indices"].to(torch.long)
+        self.neighborhood_sizes_ = state["neighborhood_sizes"].to(torch.long)
+        self.input_shapes_ = tuple(tuple(s) for s in state["input_shapes"])
 
     def __repr__(self) -> str:
         fitted = (
@@ -604,3 +652,152 @@ class ReferenceBank:
 
 def _slices(n: int, size: int):
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _logits_agree(got: Tensor, expected: Tensor) -> bool:
+    """Whether two ``(R, K)`` logit tables agree: relative 1e-3, absolute 1e-4 of the largest logit (at least 1).
+
+    Loose enough for float32 vs float64 and CPU vs GPU runs of one model, tight enough to tell models apart.
+    """
+    got = got.detach().reshape(got.shape[0], -1).cpu().to(torch.float64)
+    expected = expected.detach().cpu().to(torch.float64)
+    if got.shape != expected.shape:
+        return False
+    scale = float(expected.abs().max()) if expected.numel() else 1.0
+    return bool(torch.allclose(got, expected, rtol=1e-3, atol=1e-4 * max(scale, 1.0)))
+
+
+# ---------------------------------------------------------------------------------- loading steps
+def _check_map_location(map_location: Any) -> None:
+    """A device ``map_location`` must exist here (else torch's error would read as a corrupted file)."""
+    if not isinstance(map_location, (str, torch.device)):
+        return  # a dict or a function: torch.load applies it
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"`map_location` must name a torch device, got {map_location!r}: {exc}") from exc
+    try:
+        torch.empty(0, device=device)
+    except Exception as exc:  # no such backend, or an index beyond the devices present
+        raise ValueError(
+            f"`map_location`={map_location!r} names a device that is not available on this machine "
+            f"({type(exc).__name__}: {str(exc)[:200]}); load to 'cpu' and move the bank with `.to(device)`"
+        ) from exc
+
+
+def _check_header(state: Any, path: str) -> None:
+    """Format tag, a version this package reads, every required field and the checksum."""
+    if not isinstance(state, dict) or state.get("format") != _FORMAT:
+        raise ValueError(f"{path!r} is not a ReferenceBank file (missing format tag {_FORMAT!r})")
+    version = state.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise ValueError(f"{path!r}: invalid format version {version!r}")
+    if version > _FORMAT_VERSION:
+        raise ValueError(
+            f"{path!r} was written by a newer ReferenceBank format (version {version}); this version of "
+            f"captum_paths reads versions up to {_FORMAT_VERSION}: upgrade captum_paths"
+        )
+    required = [
+        "n_neighborhoods",
+        "n_references",
+        "centers",
+        "references",
+        "densities",
+        "offsets",
+        "reference_indices",
+        "neighborhood_sizes",
+        "input_shapes",
+        "sha256",
+    ] + (["reference_logits"] if version >= 2 else [])
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise ValueError(f"{path!r}: missing field(s) {missing}")
+    if _tensor_digest(state) != state["sha256"]:
+        raise ValueError(f"{path!r}: checksum mismatch, the file content is corrupted")
+
+
+@dataclass
+class _StateCheck:
+    """The consistency checks of a loaded state, one method per group of fields; each raises ``ValueError``
+    naming the file and the field."""
+
+    state: Dict[str, Any]
+    path: str
+    n_neighborhoods: int
+    n_references: int
+
+    def bad(self, msg: str) -> ValueError:
+        return ValueError(f"{self.path!r}: {msg}")
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.state["offsets"][-1])
+
+    def tensors(self) -> None:
+        for name in ("centers", "densities", "offsets", "reference_indices", "neighborhood_sizes"):
+            if not isinstance(self.state[name], Tensor):
+                raise self.bad(f"`{name}` must be a tensor, got {type(self.state[name]).__name__}")
+        centers, g = self.state["centers"], self.n_neighborhoods
+        if centers.dim() != 2 or centers.shape[0] != g or not centers.dtype.is_floating_point:
+            raise self.bad(f"`centers` must be a float ({g}, K) tensor, got {tuple(centers.shape)} {centers.dtype}")
+        if not torch.isfinite(centers).all():
+            raise self.bad("`centers` contain nan or inf")
+
+    def offsets(self) -> Tensor:
+        """Checks ``offsets`` and returns the references per neighbourhood, ``(G,)``."""
+        offsets, g = self.state["offsets"], self.n_neighborhoods
+        if offsets.shape != (g + 1,) or offsets.dtype != torch.long:
+            raise self.bad(
+                f"`offsets` must be a long tensor of shape ({g + 1},), got {tuple(offsets.shape)} {offsets.dtype}"
+            )
+        counts = offsets[1:] - offsets[:-1]
+        if int(offsets[0]) != 0 or bool((counts < 1).any()) or bool((counts > self.n_references).any()):
+            raise self.bad(
+                f"`offsets` must start at 0 and give between 1 and {self.n_references} references per neighbourhood"
+            )
+        r = self.n_rows
+        if self.state["reference_indices"].shape != (r,) or self.state["neighborhood_sizes"].shape != (g,):
+            raise self.bad(f"`reference_indices` must have shape ({r},) and `neighborhood_sizes` ({g},)")
+        return counts
+
+    def input_shapes_and_references(self) -> None:
+        shapes, references, r = self.state["input_shapes"], self.state["references"], self.n_rows
+        if (
+            not isinstance(shapes, list)
+            or not shapes
+            or not all(isinstance(s, list) and all(isinstance(d, int) and d >= 0 for d in s) for s in shapes)
+        ):
+            raise self.bad("`input_shapes` must be a non-empty list of lists of non-negative ints")
+        if not isinstance(references, list) or len(references) != len(shapes):
+            raise self.bad(f"`references` must be a list of {len(shapes)} tensor(s), one per input")
+        for i, (ref, shape) in enumerate(zip(references, shapes)):
+            if not isinstance(ref, Tensor) or tuple(ref.shape) != (r, *shape):
+                got = tuple(ref.shape) if isinstance(ref, Tensor) else type(ref).__name__
+                raise self.bad(f"`references`[{i}] must have shape {(r, *shape)}, got {got}")
+            if ref.dtype.is_floating_point and not bool(torch.isfinite(ref).all()):
+                raise self.bad(f"`references`[{i}] contain nan or inf")
+
+    def densities(self, counts: Tensor) -> None:
+        densities, g, r = self.state["densities"], self.n_neighborhoods, self.n_rows
+        if densities.shape != (r,) or not densities.dtype.is_floating_point:
+            raise self.bad(f"`densities` must be a float tensor of shape ({r},), got {tuple(densities.shape)}")
+        if not torch.isfinite(densities).all() or bool((densities < 0).any()):
+            raise self.bad("`densities` must be finite and non-negative")
+        group = torch.repeat_interleave(torch.arange(g), counts.cpu())
+        sums = torch.zeros(g, dtype=torch.float64).index_add_(0, group, densities.cpu().to(torch.float64))
+        wrong = torch.nonzero((sums - 1).abs() > _DENSITY_ATOL).reshape(-1)
+        if wrong.numel():
+            k = int(wrong[0])
+            raise self.bad(f"the densities of neighbourhood {k} sum to {float(sums[k]):.9g}, not 1")
+
+    def reference_logits(self) -> None:
+        """Version 2: ``(R, K)`` finite float logits of the references (``K`` = the centres' width)."""
+        logits = self.state.get("reference_logits")
+        if logits is None and self.state["version"] < 2:
+            return
+        k = self.state["centers"].shape[1]
+        if not isinstance(logits, Tensor) or tuple(logits.shape) != (self.n_rows, k):
+            got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise self.bad(f"`reference_logits` must be a tensor of shape ({self.n_rows}, {k}), got {got}")
+        if not logits.dtype.is_floating_point or not bool(torch.isfinite(logits).all()):
+            raise self.bad("`reference_logits` must be finite floats")
