@@ -22,8 +22,29 @@ __all__ = [
     "unavailable_reason",
 ]
 
-# Every method, in table order. ``samp++`` is SAMP with the infinitesimal constraint and momentum.
-METHOD_NAMES = ("samp", "samp++", "lpi", "ggig", "ablation", "ig", "eg", "saliency", "ixg", "random")
+# Every method, in table order. ``samp++`` is SAMP with the infinitesimal constraint and momentum; the
+# ``-idgi`` rows are IDGI's reweighting on that method's path (IG's straight line for ``ig-idgi``).
+METHOD_NAMES = (
+    "samp",
+    "samp++",
+    "lpi",
+    "ggig",
+    "ablation",
+    "guided-ig",
+    "blur-ig",
+    "agi",
+    "ig",
+    "ig-idgi",
+    "guided-ig-idgi",
+    "blur-ig-idgi",
+    "eg",
+    "smoothgrad",
+    "deeplift",
+    "gradcam",
+    "saliency",
+    "ixg",
+    "random",
+)
 
 Explain = Callable[[Tensor, Tensor], Tensor]
 
@@ -207,6 +228,86 @@ def _eg_build(n_samples: int):
     return build
 
 
+def _package_build(class_name: str, params: Dict[str, Any], with_ibs: bool = True):
+    """A method of this package by its public name, run with ``params`` (and the context's memory bound)."""
+
+    def build(model: nn.Module, ctx: MethodContext) -> Explain:
+        import captum_paths
+
+        method = getattr(captum_paths, class_name)(model)
+        extra = {"internal_batch_size": ctx.internal_batch_size} if with_ibs else {}
+
+        def explain(x: Tensor, target: Tensor) -> Tensor:
+            return method.attribute(x, target=target, **params, **extra)
+
+        return explain
+
+    return build
+
+
+def _agi_build(params: Dict[str, Any]):
+    def build(model: nn.Module, ctx: MethodContext) -> Explain:
+        from captum_paths import AdversarialGradientIntegration
+
+        agi = AdversarialGradientIntegration(model)
+        gen = torch.Generator().manual_seed(ctx.seed)  # the random false classes of the LPI paper's setting
+
+        def explain(x: Tensor, target: Tensor) -> Tensor:
+            return agi.attribute(x, target=target, generator=gen, internal_batch_size=ctx.internal_batch_size, **params)
+
+        return explain
+
+    return build
+
+
+def _smoothgrad_build(n_samples: int, stdev_fraction: float):
+    def build(model: nn.Module, ctx: MethodContext) -> Explain:
+        # SmoothGrad (Smilkov et al. 2017): Captum's NoiseTunnel on Saliency, noise std a fraction of the
+        # data range, seeded (NoiseTunnel draws from torch's global RNG)
+        from captum.attr import NoiseTunnel, Saliency
+
+        nt = NoiseTunnel(Saliency(model))
+        stdev = stdev_fraction * float(ctx.x_reference.max() - ctx.x_reference.min())
+        torch.manual_seed(ctx.seed)
+
+        def explain(x: Tensor, target: Tensor) -> Tensor:
+            return nt.attribute(x, nt_type="smoothgrad", nt_samples=n_samples, stdevs=stdev, target=target)
+
+        return explain
+
+    return build
+
+
+def _deeplift_build(model: nn.Module, ctx: MethodContext) -> Explain:
+    from captum.attr import DeepLift
+
+    deeplift = DeepLift(model)
+    return lambda x, target: deeplift.attribute(x, baselines=0.0, target=target)
+
+
+def last_conv_layer(model: nn.Module) -> nn.Module:
+    """The model's last ``nn.Conv2d`` (Grad-CAM's layer), or a ValueError naming the model."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"Grad-CAM needs a convolutional layer; {type(model).__name__} has none")
+    return convs[-1]
+
+
+def _gradcam_build(model: nn.Module, ctx: MethodContext) -> Explain:
+    # Grad-CAM (Selvaraju et al. 2017): Captum's LayerGradCam on the last convolution, ReLU of the
+    # channel-weighted map, bilinearly upsampled to the input and shared by its channels
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    cam = LayerGradCam(model, last_conv_layer(model))
+
+    def explain(x: Tensor, target: Tensor) -> Tensor:
+        coarse = cam.attribute(x, target=target, relu_attributions=True)
+        fine = LayerAttribution.interpolate(coarse, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+        return fine.expand_as(x).contiguous()
+
+    return explain
+
+
 def _saliency_build(model: nn.Module, ctx: MethodContext) -> Explain:
     from captum.attr import Saliency
 
@@ -226,84 +327,135 @@ def _random_build(model: nn.Module, ctx: MethodContext) -> Explain:
     return lambda x, target: torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
 
 
-def method_specs(image_size: int, quick: bool = False) -> Dict[str, MethodSpec]:
-    """Every method with the knobs it runs with on ``image_size x image_size`` images.
+def _path_method_knobs(large: bool, quick: bool) -> Dict[str, Dict[str, Any]]:
+    """The knobs of this package's path methods at the image size, with the budget cuts under ``--quick``.
 
-    Paper knobs are kept except where a budget forces a change, which the params record:
-    GGIG's ImageNet setting (50 points x 100 ascent steps = 5,000 gradients per image) is cut to
-    20 x 20 on 28x28-32x32 images, and to 4 x 4 under ``--quick``.
+    Paper knobs are kept except where a budget forces a change, which the params record: GGIG's ImageNet
+    setting (50 points x 100 ascent steps = 5,000 gradients per image) is cut to 20 x 20 on 28x28-32x32
+    images. Guided IG runs the SAMP paper's comparison setting (25 steps, fraction 0.5, max_dist 1.0, its
+    Table 1) and Blur IG PAIR's defaults (100 steps, max_sigma 50); AGI runs the LPI paper's setting (PGD 20
+    steps, one random false class, its Table 1).
     """
-    large = image_size >= 128
-    ggig = (
-        {"n_steps": 50, "n_iterations": 100, "learning_rate": 1e-4}
+    knobs: Dict[str, Dict[str, Any]] = {
+        "ggig": {"n_steps": 50, "n_iterations": 100, "learning_rate": 1e-4}
         if large
-        else {"n_steps": 20, "n_iterations": 20, "learning_rate": 1e-4}
-    )
-    if quick:
-        ggig.update(n_steps=4, n_iterations=4)
-    lpi = {"n_neighborhoods": 11, "n_references": 20, "n_samples": 20}
-    if quick:
-        lpi.update(n_neighborhoods=3, n_references=5, n_samples=5)
-    ablation: Dict[str, Any] = {
-        "n_steps": 15,
-        "n_iterations": 30,
-        "learning_rate": 0.1,
-        "momentum": 0.5,
-        "zeta": 0.8,
-        "score": "softmax",
+        else {"n_steps": 20, "n_iterations": 20, "learning_rate": 1e-4},
+        "lpi": {"n_neighborhoods": 11, "n_references": 20, "n_samples": 20},
+        "ablation": {"n_steps": 15, "n_iterations": 30, "learning_rate": 0.1, "momentum": 0.5, "zeta": 0.8},
+        "guided-ig": {"n_steps": 25, "fraction": 0.5, "max_dist": 1.0},
+        "blur-ig": {"n_steps": 100, "max_sigma": 50.0},
+        "agi": {"n_iterations": 20, "n_false_classes": 1, "false_classes": "random", "score": "logit"},
+        "ig-idgi": {"n_steps": 50},
     }
+    knobs["ablation"]["score"] = "softmax"
     if quick:
-        ablation.update(n_iterations=5)
-    features_per_step = 224 * 16 if large else 10
-    specs = [
+        knobs["ggig"].update(n_steps=4, n_iterations=4)
+        knobs["lpi"].update(n_neighborhoods=3, n_references=5, n_samples=5)
+        knobs["ablation"].update(n_iterations=5)
+        knobs["guided-ig"].update(n_steps=10)
+        knobs["blur-ig"].update(n_steps=10)
+        knobs["agi"].update(n_iterations=5)
+        knobs["ig-idgi"].update(n_steps=10)
+    return knobs
+
+
+def _samp_specs(features_per_step: int) -> list:
+    common = {"features_per_step": features_per_step, "direction": "both", "deletion_end": "zeros"}
+    common["insertion_start"] = "blur"
+    return [
         MethodSpec(
-            "samp",
-            "SAMP",
-            {
-                "features_per_step": features_per_step,
-                "eta": None,
-                "momentum": None,
-                "direction": "both",
-                "deletion_end": "zeros",
-                "insertion_start": "blur",
-            },
-            _samp_builder(None, None),
-            ("SampAttribution",),
+            "samp", "SAMP", dict(common, eta=None, momentum=None), _samp_builder(None, None), ("SampAttribution",)
         ),
         MethodSpec(
-            "samp++",
-            "SAMP++",
-            {
-                "features_per_step": features_per_step,
-                "eta": 0.1,
-                "momentum": 0.5,
-                "direction": "both",
-                "deletion_end": "zeros",
-                "insertion_start": "blur",
-            },
-            _samp_builder(0.1, 0.5),
-            ("SampAttribution",),
+            "samp++", "SAMP++", dict(common, eta=0.1, momentum=0.5), _samp_builder(0.1, 0.5), ("SampAttribution",)
         ),
+    ]
+
+
+def _package_specs(knobs: Dict[str, Dict[str, Any]]) -> list:
+    gig, big = knobs["guided-ig"], knobs["blur-ig"]
+    return [
         MethodSpec(
             "lpi",
             "LPI",
-            dict(lpi, bank_fitted_on="training split"),
-            _lpi_build(**lpi),
+            dict(knobs["lpi"], bank_fitted_on="training split"),
+            _lpi_build(**knobs["lpi"]),
             ("LocalPathIntegration", "ReferenceBank"),
         ),
-        MethodSpec("ggig", "GGIG", dict(ggig, baseline="zeros"), _ggig_build(**ggig), ("GeometricallyGuidedIG",)),
         MethodSpec(
-            "ablation", "AblationPath", dict(ablation, baseline="blur"), _ablation_build(ablation), ("AblationPath",)
+            "ggig",
+            "GGIG",
+            dict(knobs["ggig"], baseline="zeros"),
+            _ggig_build(**knobs["ggig"]),
+            ("GeometricallyGuidedIG",),
         ),
+        MethodSpec(
+            "ablation",
+            "AblationPath",
+            dict(knobs["ablation"], baseline="blur"),
+            _ablation_build(knobs["ablation"]),
+            ("AblationPath",),
+        ),
+        MethodSpec(
+            "guided-ig", "GuidedIG", dict(gig, baseline="zeros"), _package_build("GuidedIG", gig), ("GuidedIG",)
+        ),
+        MethodSpec("blur-ig", "BlurIG", dict(big), _package_build("BlurIG", big), ("BlurIG",)),
+        MethodSpec("agi", "AGI", dict(knobs["agi"]), _agi_build(knobs["agi"]), ("AdversarialGradientIntegration",)),
+        MethodSpec(
+            "ig-idgi",
+            "IG+IDGI",
+            dict(knobs["ig-idgi"], baseline="zeros"),
+            _package_build("IDGI", knobs["ig-idgi"]),
+            ("IDGI",),
+        ),
+        MethodSpec(
+            "guided-ig-idgi",
+            "GuidedIG+IDGI",
+            dict(gig, idgi=True, baseline="zeros"),
+            _package_build("GuidedIG", dict(gig, idgi=True)),
+            ("GuidedIG",),
+        ),
+        MethodSpec(
+            "blur-ig-idgi",
+            "BlurIG+IDGI",
+            dict(big, idgi=True),
+            _package_build("BlurIG", dict(big, idgi=True)),
+            ("BlurIG",),
+        ),
+    ]
+
+
+def _captum_specs(quick: bool) -> list:
+    eg_samples = 5 if quick else 20
+    sg_samples = 5 if quick else 20
+    return [
         MethodSpec("ig", "IG", {"n_steps": 50, "method": "gausslegendre", "baseline": "zeros"}, _ig_build(50)),
         MethodSpec(
             "eg",
             "ExpectedGradients",
-            {"n_samples": 20 if not quick else 5, "stdevs": 0.0, "baselines": "training images"},
-            _eg_build(20 if not quick else 5),
+            {"n_samples": eg_samples, "stdevs": 0.0, "baselines": "training images"},
+            _eg_build(eg_samples),
+        ),
+        MethodSpec(
+            "smoothgrad",
+            "SmoothGrad",
+            {"n_samples": sg_samples, "stdevs": "0.15 x data range", "of": "Saliency"},
+            _smoothgrad_build(sg_samples, 0.15),
+        ),
+        MethodSpec("deeplift", "DeepLift", {"baseline": "zeros"}, _deeplift_build),
+        MethodSpec(
+            "gradcam", "Grad-CAM", {"layer": "last Conv2d", "upsampling": "bilinear", "relu": True}, _gradcam_build
         ),
         MethodSpec("saliency", "Saliency", {"abs": True}, _saliency_build),
         MethodSpec("ixg", "InputXGradient", {}, _ixg_build),
         MethodSpec("random", "Random", {"distribution": "U(0,1)"}, _random_build),
     ]
-    return {s.name: s for s in specs}
+
+
+def method_specs(image_size: int, quick: bool = False) -> Dict[str, MethodSpec]:
+    """Every method with the knobs it runs with on ``image_size x image_size`` images, in table order."""
+    large = image_size >= 128
+    specs = _samp_specs(224 * 16 if large else 10)
+    specs += _package_specs(_path_method_knobs(large, quick)) + _captum_specs(quick)
+    by_name = {s.name: s for s in specs}
+    return {name: by_name[name] for name in METHOD_NAMES}

@@ -147,7 +147,7 @@ def test_random_methods_are_reproducible_under_the_seed():
     target = torch.tensor([0, 1, 2])
     specs = method_specs(4, quick=True)
     ctx = MethodContext(x_reference=torch.rand(10, 1, 4, 4), seed=7)
-    for name in ("eg", "random"):
+    for name in ("eg", "agi", "random"):  # (SmoothGrad of this linear model is |w|, noise or not)
         first = specs[name].build(model, ctx)(x, target)
         import numpy as np
 
