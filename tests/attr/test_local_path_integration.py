@@ -259,11 +259,18 @@ def test_uneven_neighbourhoods_batched_chunked_and_exact_progress(digits, digits
             pass
 
     monkeypatch.setattr(progress_module, "tqdm", Bar)
-    lpi.attribute(x, target=y, generator=0, show_progress=True, **kw)
+    rows = []
+
+    def function(z):  # not a module: the bank is checked at the first call, and counted
+        rows.append(len(z))
+        return digits_cnn64(z)
+
+    LocalPathIntegration(function, uneven_bank).attribute(x, target=y, generator=0, show_progress=True, **kw)
     hoods = uneven_bank.neighborhoods(digits_cnn64(x).detach())
     counts = (uneven_bank.offsets_[1:] - uneven_bank.offsets_[:-1])[hoods]
     paths = -(-3 // counts)  # ceil(n_samples / R_g) paths per reference
-    assert bars[-1].n == bars[-1].total == 8 + int((counts * paths * 2 + counts).sum())
+    expected = int(uneven_bank.offsets_[-1]) + 8 + int((counts * paths * 2 + counts).sum())
+    assert bars[-1].n == bars[-1].total == sum(rows) == expected
 
 
 # ------------------------------------------------------------------------------------ tuple inputs
