@@ -53,7 +53,7 @@ __all__ = [
 METRICS = ("samp_deletion", "samp_insertion", "rise_deletion", "rise_insertion", "diffid", "pointing_game")
 CAUSAL_METRICS = METRICS[:4]
 # Methods that draw random numbers: explained one image at a time, seeded from (seed, image index).
-RANDOM_METHODS = frozenset({"lpi", "eg", "agi", "smoothgrad", "random"})
+RANDOM_METHODS = frozenset({"lpi", "lpi-3", "lpi-11", "eg", "agi", "smoothgrad", "random"})
 N_SHOW = 6  # images of the attribution figure
 
 
