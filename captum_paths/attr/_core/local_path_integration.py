@@ -10,7 +10,7 @@ from torch import Tensor
 
 from captum_paths.attr._core.base import PathAttribution, PathCall, PathOutput, check_finite_pass
 from captum_paths.attr._core.reference_bank import ReferenceBank
-from captum_paths.attr._utils.captum_compat import TensorOrTuple, log_usage, run_forward, target_scores
+from captum_paths.attr._utils.captum_compat import TargetType, TensorOrTuple, log_usage, run_forward, target_scores
 from captum_paths.attr._utils.progress import chunk_slices
 from captum_paths.attr._utils.validation import check_bool, check_positive_int
 
@@ -288,7 +288,7 @@ class LocalPathIntegration(PathAttribution):
         self,
         inputs: TensorOrTuple,
         baselines: Union[None, Tensor, Tuple[Tensor, ...]] = None,
-        target: Any = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         n_samples: int = 20,
@@ -306,7 +306,7 @@ class LocalPathIntegration(PathAttribution):
         self,
         inputs: TensorOrTuple,
         baselines: Union[None, Tensor, Tuple[Tensor, ...]] = None,
-        target: Any = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         n_samples: int = 20,
@@ -324,7 +324,7 @@ class LocalPathIntegration(PathAttribution):
         self,
         inputs: TensorOrTuple,
         baselines: Union[None, Tensor, Tuple[Tensor, ...]] = None,
-        target: Any = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         n_samples: int = 20,
@@ -362,7 +362,8 @@ class LocalPathIntegration(PathAttribution):
             estimator (str): ``"stratified"`` (default, the authors': every reference, density weights) or
                 ``"sampled"`` (references drawn by density with replacement).
             internal_batch_size (int, optional): at most this many interpolated points per forward and
-                backward pass (bounds memory). Default None: all of a call's evaluations at once.
+                backward pass (bounds memory). ``None``: automatic, at most 2**22 input elements per pass (see
+                :func:`~captum_paths.attr._core.base.default_internal_batch_size`). Default: None.
             return_convergence_delta (bool): also return ``delta`` ``(N,)``: the attributions' sum minus
                 ``f_t(x) - sum_m w_m f_t(r_m)`` over the references used (``"stratified"``: all ``R_g`` with
                 their densities, ``R_g`` extra forward rows per example; ``"sampled"``: the ``n_samples`` drawn,
