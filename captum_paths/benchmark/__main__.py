@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=details + "\n\nMethods: " + ", ".join(METHOD_NAMES) + ". Datasets: " + ", ".join(DATASETS) + ".",
     )
+    _what_flags(p)
+    _data_flags(p)
+    _run_flags(p)
+    return p
+
+
+def _what_flags(p: argparse.ArgumentParser) -> None:
+    """What is compared: data set, methods, metrics, how many images, the seed."""
     p.add_argument(
         "--dataset",
         default="digits",
@@ -73,20 +81,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="synthetic images for the pointing game (default 50; 6 with --quick; 0 skips it)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the image draw and every random method")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    p.add_argument("--out", default="benchmark-results", help="output folder (created)")
-    p.add_argument("--data-root", default=None, help="data folder for mnist / cifar10 / imagenet")
-    p.add_argument("--weights", default=None, help="ResNet-50 weights file (a state dict) for imagenet / folder")
-    p.add_argument(
-        "--model",
-        default=None,
-        help="module:function returning your model (nn.Module in eval mode, images in [0, 1] -> logits)",
-    )
     p.add_argument(
         "--metrics",
         type=_methods,
         default=None,
         help="comma-separated subset of: " + ", ".join(METRICS) + " (default: all)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run (CI): 6 images, half the training epochs, reduced LPI/GGIG/EG/AblationPath budgets",
+    )
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    """Where data, model and cache come from."""
+    p.add_argument(
+        "--data-root", default=None, help="data folder for mnist / cifar10, image folder for imagenet / folder"
+    )
+    p.add_argument("--weights", default=None, help="ResNet-50 weights file (a state dict) for imagenet / folder")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="module:function returning your model (nn.Module in eval mode, images in [0, 1] -> logits)",
     )
     p.add_argument("--download", action="store_true", help="let torchvision download MNIST / CIFAR-10 into --data-root")
     p.add_argument(
@@ -99,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="training epochs of both cached models, main and localisation (part of the cache key)",
     )
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    """How the run goes: device, threads, batches, output folder, resuming, torchrun."""
+    p.add_argument(
+        "--device", default="cpu", help="torch device, e.g. cpu, cuda:0, or cuda (under torchrun: LOCAL_RANK)"
+    )
+    p.add_argument("--out", default="benchmark-results", help="output folder (created; progress/ makes it resumable)")
     p.add_argument(
         "--threads",
         type=int,
@@ -127,14 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=6 * 3600.0,
         help="seconds a rank waits for the others at the end of a torchrun run (default 21600)",
     )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="a smoke run (CI): 6 images, half the training epochs, reduced LPI/GGIG/EG/AblationPath budgets",
-    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
-    return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:

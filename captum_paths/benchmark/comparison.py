@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from captum_paths.benchmark import engine
-from captum_paths.benchmark.distributed import setup
+from captum_paths.benchmark.distributed import env_world_size, setup
 from captum_paths.benchmark.engine import METRICS, EvalSet, RunOptions, Workload, protocols_for
 from captum_paths.benchmark.methods import METHOD_NAMES, MethodContext, method_specs, unavailable_reason
 from captum_paths.benchmark.progress import SettingsMismatch
@@ -194,6 +194,8 @@ def compare(
     if device is None:
         param = next(iter(model.parameters()), None)
         device = param.device if param is not None else torch.device("cpu")
+        if device.type == "cuda" and env_world_size() > 1:
+            device = "cuda"  # under torchrun: each rank's own GPU (LOCAL_RANK)
     dist = setup(str(device))
     was_training, threads_before = model.training, torch.get_num_threads()
     model.eval().to(dist.device)

@@ -84,8 +84,8 @@ def test_imagenet_sized_path_every_method_every_metric_memory_bounded(tmp_path):
     from user_models import build_tiny224
 
     model = RowBound(build_tiny224())
-    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    regions = torch.zeros(2, 224, 224, dtype=torch.bool)
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    regions = torch.zeros(1, 224, 224, dtype=torch.bool)
     regions[:, 100:140, 100:140] = True
     ref = torch.rand(16, 3, 224, 224)
     r = compare(model, x, metrics=list(METRICS), regions=regions, reference=ref, quick=True, threads=1)
