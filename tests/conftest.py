@@ -7,6 +7,15 @@ from captum_paths.benchmark.data import load_digits_images
 from captum_paths.benchmark.models import SmallDigitsCNN, accuracy, train_classifier
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny-tensor tests (thread hand-offs cost more than the work)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def digits():
     """scikit-learn digits at 16x16 (train/test split fixed by seed)."""

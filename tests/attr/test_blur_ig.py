@@ -15,14 +15,8 @@ from captum_paths.attr._core.blur_ig import (
     gaussian_blurs,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: thread hand-offs cost more than the work (and the machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny tensors: thread hand-offs cost more than the work (and the machine is shared)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------------------------
