@@ -114,6 +114,82 @@ def test_completeness_on_smooth_cnn_shrinks_with_eta():
     assert errors[1] < errors[0] / 3
 
 
+@pytest.mark.parametrize("momentum", [None, 0.5])
+@pytest.mark.parametrize("eta", [None, 0.1, 0.02])
+def test_trapezoid_is_exact_on_a_linear_model(linear_setup, eta, momentum):
+    w, x = linear_setup
+    attr, delta = SampAttribution(linear_model(w)).attribute(
+        x, eta=eta, momentum=momentum, features_per_step=5, rule="trapezoid", return_convergence_delta=True
+    )
+    torch.testing.assert_close(attr, w * x + w * (x - gaussian_blur(x, 11, 5.0)), rtol=0, atol=1e-12)
+    assert delta.abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("momentum", [None, 0.5])
+def test_trapezoid_delta_is_smaller_and_shrinks_faster_on_a_smooth_cnn(momentum):
+    """Same path (same choices), other quadrature: the trapezoid's gap is far below the left sum's and falls
+    faster with eta (second order); under momentum it integrates the raw gradients, so it still shrinks."""
+    model = smooth_cnn()
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    samp = SampAttribution(model)
+    f = lambda z: model(z)[:, 1].detach()  # noqa: E731
+    expected = 2 * f(x) - f(torch.zeros_like(x)) - f(gaussian_blur(x, 11, 5.0))
+    relative = {}
+    for rule in ("left", "trapezoid"):
+        for eta in (0.1, 0.01):
+            attr, delta = samp.attribute(
+                x, target=1, eta=eta, momentum=momentum, features_per_step=4, rule=rule, return_convergence_delta=True
+            )
+            torch.testing.assert_close(delta, attr.sum((1, 2, 3)) - expected)
+            relative[rule, eta] = float((delta.abs() / expected.abs()).median())
+    for eta in (0.1, 0.01):
+        assert relative["trapezoid", eta] < relative["left", eta] / 10
+    assert relative["trapezoid", 0.01] < relative["trapezoid", 0.1] / 30
+    if momentum is None:
+        assert relative["trapezoid", 0.1] / relative["trapezoid", 0.01] > relative["left", 0.1] / relative["left", 0.01]
+
+
+def test_trapezoid_costs_one_pass_per_path_and_no_end_forward(linear_setup):
+    w, x = linear_setup
+    calls = []
+
+    def forward(z):
+        calls.append((z.shape[0], torch.is_grad_enabled()))
+        return (z * w).flatten(1).sum(1)
+
+    samp = SampAttribution(forward)
+    samp.attribute(x, eta=None, features_per_step=6, return_convergence_delta=True)
+    left = list(calls)
+    calls.clear()
+    samp.attribute(x, eta=None, features_per_step=6, rule="trapezoid", return_convergence_delta=True)
+    assert all(grad for _, grad in calls)  # the end scores come from the last passes
+    assert sum(b for b, _ in calls) == sum(b for b, g in left if g) + 2 * x.shape[0]
+    # stopped by max_steps: one pass at the last point, then the end-point forward for the delta
+    calls.clear()
+    attr, delta = samp.attribute(
+        x, eta=None, features_per_step=6, max_steps=2, rule="trapezoid", return_convergence_delta=True
+    )
+    assert [g for _, g in calls] == [True, True, True, False]
+    f = lambda z: (z * w).flatten(1).sum(1)  # noqa: E731
+    torch.testing.assert_close(
+        delta, attr.flatten(1).sum(1) - (2 * f(x) - f(torch.zeros_like(x)) - f(gaussian_blur(x, 11, 5.0)))
+    )
+
+
+@pytest.mark.parametrize("rule", ["left", "trapezoid"])
+def test_pixel_fast_path_agrees_with_generic_groups(rule):
+    """Default pixel groups (gathered directly) against the same pixels under shuffled ids (generic group sums)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Softplus(), nn.Flatten(), nn.Linear(4 * 36, 2)).double()
+    x = torch.rand(3, 3, 6, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    samp = SampAttribution(model)
+    fast = samp.attribute(x, target=0, features_per_step=3, rule=rule)
+    perm = torch.randperm(36, generator=torch.Generator().manual_seed(3))
+    mask = perm.reshape(1, 1, 6, 6)
+    generic = samp.attribute(x, target=0, features_per_step=3, rule=rule, feature_mask=mask)
+    torch.testing.assert_close(fast, generic, rtol=1e-9, atol=1e-12)
+
+
 def test_convergence_delta_is_reported_honestly_with_momentum(digits, digits_cnn64):
     x, y = digits.x_test[:3].double(), digits.y_test[:3]
     samp = SampAttribution(digits_cnn64)
@@ -171,9 +247,10 @@ def test_feature_mask_moves_superpixels_together(linear_setup):
 # ----------------------------------------------------------------------------------- path record
 
 
-def test_return_path_scores_and_fractions(digits, digits_cnn64):
+@pytest.mark.parametrize("rule", ["left", "trapezoid"])
+def test_return_path_scores_and_fractions(digits, digits_cnn64, rule):
     x, y = digits.x_test[:2].double(), digits.y_test[:2]
-    attr, path = SampAttribution(digits_cnn64).attribute(x, target=y, return_path=True)
+    attr, path = SampAttribution(digits_cnn64).attribute(x, target=y, return_path=True, rule=rule)
     assert path.directions == ("deletion", "insertion")
     with torch.no_grad():
         f = lambda z: digits_cnn64(z).gather(1, y[:, None]).squeeze(1)  # noqa: E731
@@ -213,6 +290,8 @@ def test_return_path_scores_and_fractions(digits, digits_cnn64):
         (dict(momentum=1.0), ValueError, "momentum"),
         (dict(momentum=-0.1), ValueError, "momentum"),
         (dict(direction="sideways"), ValueError, "direction"),
+        (dict(rule="simpson"), ValueError, "rule"),
+        (dict(rule=None), ValueError, "rule"),
         (dict(feature_mask=torch.zeros(1, 1, 5, 6, dtype=torch.long)), ValueError, "feature_mask"),
         (dict(feature_mask=torch.full((1, 1, 6, 6), 2)), ValueError, "contiguous"),
         (dict(feature_mask=torch.zeros(1, 1, 6, 6)), TypeError, "feature_mask"),
