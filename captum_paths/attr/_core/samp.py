@@ -9,10 +9,10 @@ import torch
 from torch import Tensor
 
 from captum_paths.attr._core.base import PathAttribution, PathCall, PathOutput, PathResult
-from captum_paths.attr._utils.captum_compat import TensorOrTuple, log_usage
+from captum_paths.attr._utils.captum_compat import TargetType, TensorOrTuple, log_usage
 from captum_paths.attr._utils.features import feature_groups, flatten_inputs, group_sum, unflatten_inputs
 from captum_paths.attr._utils.validation import check_positive_int, check_probability
-from captum_paths.baselines import Blur, resolve_baselines
+from captum_paths.baselines import BaselinesType, Blur, resolve_baselines
 
 __all__ = [
     "SampAttribution",
@@ -264,8 +264,8 @@ class SampAttribution(PathAttribution):
     def attribute(
         self,
         inputs: TensorOrTuple,
-        baselines: Any = None,
-        target: Any = None,
+        baselines: BaselinesType = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         feature_mask: FeatureMask = None,
@@ -288,8 +288,8 @@ class SampAttribution(PathAttribution):
     def attribute(
         self,
         inputs: TensorOrTuple,
-        baselines: Any = None,
-        target: Any = None,
+        baselines: BaselinesType = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         feature_mask: FeatureMask = None,
@@ -312,8 +312,8 @@ class SampAttribution(PathAttribution):
     def attribute(
         self,
         inputs: TensorOrTuple,
-        baselines: Any = None,
-        target: Any = None,
+        baselines: BaselinesType = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         feature_mask: FeatureMask = None,
@@ -336,8 +336,8 @@ class SampAttribution(PathAttribution):
     def attribute(
         self,
         inputs: TensorOrTuple,
-        baselines: Any = None,
-        target: Any = None,
+        baselines: BaselinesType = None,
+        target: TargetType = None,
         additional_forward_args: Any = None,
         *,
         feature_mask: FeatureMask = None,
@@ -385,7 +385,8 @@ class SampAttribution(PathAttribution):
                 form ``baselines`` accepts. Default: ``"blur"``, RISE's Gaussian blur with kernel 11 and
                 sigma 5 (``Blur(klen, sigma)`` sets them).
             internal_batch_size (int, optional): at most this many paths (example x direction) run and
-                are forwarded together; the rest wait for the next chunk. Default: all at once.
+                are forwarded together; the rest wait for the next chunk. ``None``: automatic, at most 2**22
+                input elements per pass (see :func:`~captum_paths.attr._core.base.default_internal_batch_size`).
             max_steps (int, optional): stop every path after this many steps even if unfinished (for a
                 budget; completeness then no longer holds). Default: run to the end point.
             return_convergence_delta (bool, optional): also return, per example,
