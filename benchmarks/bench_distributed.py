@@ -6,7 +6,13 @@ and reports for each:
 
 * images / s over the whole command (process start, imports, data, model load, the work, the merge);
 * images / s over the work alone (the slowest rank's compute time, from results.json);
+* the CPU seconds of the work (summed over ranks): equal for 1 and K ranks when sharding costs
+  nothing, whatever else the machine runs; ``CPU / wall`` per rank says how much of a core each
+  rank obtained (below 1 when other jobs compete for the cores);
 * the load average (``os.getloadavg()``) before and after, since the machine may be shared.
+
+Runs alternate (1, K, K, 1, 1, K, ...) so that a change of the machine's load hits both; the
+speed-up is the median over repeats of the ratio within each adjacent pair.
 
 It also checks that the K-rank run's per-image numbers equal the single-rank run's.
 
@@ -20,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,23 +80,36 @@ def main() -> None:
                 wall, before, after = _run(cmd, args.threads)
                 res = json.loads((out / "results.json").read_text())
                 compute = max(res["environment"]["compute_seconds_per_rank"])
-                rows.append((ranks, wall, compute, before, after, res, " ".join(cmd[1:])))
+                cpu = res["environment"]["compute_cpu_seconds_per_rank"]
+                rows.append((ranks, wall, compute, before, after, res, " ".join(cmd[1:]), cpu, rep))
         print(f"\ncommand (K = ranks): python {rows[0][6]}")
         print(f"{args.n_images} images, methods {args.methods}, batch {args.batch_size}, {args.threads} thread(s)/rank")
-        print("| ranks | wall s | img/s (whole command) | work s (slowest rank) | img/s (work) | load before | after |")
-        print("|---:|---:|---:|---:|---:|---|---|")
-        for ranks, wall, compute, before, after, _, _ in rows:
+        print(
+            "| ranks | wall s | img/s (whole command) | work s (slowest rank) | img/s (work) | work CPU s (all ranks)"
+            " | CPU / wall per rank | load before | after |"
+        )
+        print("|---:|---:|---:|---:|---:|---:|---|---|---|")
+        for ranks, wall, compute, before, after, res, _, cpu, _ in rows:
+            walls = res["environment"]["compute_seconds_per_rank"]
+            share = ", ".join(f"{c / w:.2f}" for c, w in zip(cpu, walls))
             print(
                 f"| {ranks} | {wall:.1f} | {args.n_images / wall:.3f} | {compute:.1f} | "
-                f"{args.n_images / compute:.3f} | {', '.join(f'{v:.2f}' for v in before)} | "
+                f"{args.n_images / compute:.3f} | {sum(cpu):.1f} | {share} | {', '.join(f'{v:.2f}' for v in before)} | "
                 f"{', '.join(f'{v:.2f}' for v in after)} |"
             )
-        best = {k: min((r for r in rows if r[0] == k), key=lambda r: r[1]) for k in (1, args.ranks)}
-        one, many = best[1], best[args.ranks]
+        pairs = [
+            ([r for r in rows if r[8] == rep and r[0] == 1][0], [r for r in rows if r[8] == rep and r[0] != 1][0])
+            for rep in range(args.repeats)
+        ]
+        whole = statistics.median(one[1] / many[1] for one, many in pairs)
+        work = statistics.median(one[2] / many[2] for one, many in pairs)
+        cpu_ratio = statistics.median(sum(many[7]) / sum(one[7]) for one, many in pairs)
         print(
-            f"\nspeed-up with {args.ranks} ranks: {one[1] / many[1]:.2f}x images/s over the whole command, "
-            f"{one[2] / many[2]:.2f}x over the work (best of {args.repeats} run(s) each)"
+            f"\nspeed-up with {args.ranks} ranks (median over {args.repeats} adjacent pair(s)): {whole:.2f}x images/s "
+            f"over the whole command, {work:.2f}x over the work; CPU seconds of the work with {args.ranks} ranks / "
+            f"with 1: {cpu_ratio:.2f}"
         )
+        one, many = pairs[0]
         a, b = _per_image(one[5]), _per_image(many[5])
         worst = max(abs(x - y) for key in a for x, y in zip(a[key], b[key]))
         print(f"largest per-image difference between 1 and {args.ranks} ranks: {worst:.3g}")

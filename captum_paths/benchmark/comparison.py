@@ -99,6 +99,21 @@ class _Inputs:
     quick: bool
 
 
+@dataclass
+class _Request:
+    """What the caller of :func:`compare` chose (before validation)."""
+
+    methods: Any
+    metrics: Any
+    out: Optional[str]
+    reference: Any
+    regions: Any
+    n_images: Optional[int]
+    seed: int
+    batch_size: Optional[int]
+    max_rows: Optional[int]
+
+
 def _workload(inp: _Inputs) -> Workload:
     x0, _ = inp.source.get([0])
     image_size = x0.shape[-1]
@@ -204,7 +219,8 @@ def compare(
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
-            inp = _inputs(model, data, methods, metrics, out, reference, regions, n_images, seed, batch_size, max_rows)
+            req = _Request(methods, metrics, out, reference, regions, n_images, seed, batch_size, max_rows)
+            inp = _inputs(model, data, req)
             inp.opts.device, inp.opts.overwrite, inp.quick = dist.device, overwrite, quick
             inp.opts.show_progress = show_progress and dist.is_main
             inp.opts.log = print if (dist.is_main and show_progress) else (lambda _: None)
@@ -216,37 +232,38 @@ def compare(
         dist.teardown()
 
 
-def _inputs(model, data, methods, metrics, out, reference, regions, n_images, seed, batch_size, max_rows) -> _Inputs:
+def _inputs(model: nn.Module, data, req: _Request) -> _Inputs:
+    """Validate the request; the images, references, methods, metrics and run options."""
     source = as_source(data, "data")
     if len(source) == 0:
         raise ValueError("`data` holds no images")
-    if n_images is not None and n_images < len(source):
-        order = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed))
-        source = SubsetSource(source, order[:n_images].sort().values.tolist())
-    methods = _check_names(methods, METHOD_NAMES, "methods")
+    if req.n_images is not None and req.n_images < len(source):
+        order = torch.randperm(len(source), generator=torch.Generator().manual_seed(req.seed))
+        source = SubsetSource(source, order[: req.n_images].sort().values.tolist())
+    methods = _check_names(req.methods, METHOD_NAMES, "methods")
+    regions = req.regions
     specs = method_specs(28)
     missing = [f"{m} ({unavailable_reason(specs[m])})" for m in methods if unavailable_reason(specs[m])]
     if missing:
         raise ValueError(f"`methods`: not available in this build: {', '.join(missing)}")
     default_metrics = [m for m in METRICS if m != "pointing_game" or regions is not None]
-    metrics = tuple(_check_names(metrics, METRICS, "metrics") if metrics is not None else default_metrics)
+    metrics = tuple(_check_names(req.metrics, METRICS, "metrics") if req.metrics is not None else default_metrics)
     if "pointing_game" in metrics and regions is None:
         raise ValueError("`metrics` includes 'pointing_game', which needs `regions` (N, H, W) bool boxes")
     if regions is not None and (not isinstance(regions, torch.Tensor) or len(regions) != len(source)):
         raise ValueError(f"`regions` must be a tensor with one (H, W) box per image ({len(source)}), got {regions!r}")
-    ref_source = as_source(reference, "reference") if reference is not None else source
+    ref_source = as_source(req.reference, "reference") if req.reference is not None else source
     ref, _ = ref_source.get(range(min(len(ref_source), N_REFERENCE_DEFAULT)))
     x0, _ = source.get([0])
     large = x0.shape[-1] >= 128
-    batch = batch_size if batch_size is not None else (1 if large else 25)
-    rows = max_rows if max_rows is not None else (16 if large else 8 * batch)
-    opts = RunOptions(seed=seed, batch_size=batch, max_rows=rows, device=torch.device("cpu"), out=out)
+    batch = req.batch_size if req.batch_size is not None else (1 if large else 25)
+    rows = req.max_rows if req.max_rows is not None else (16 if large else 8 * batch)
+    opts = RunOptions(seed=req.seed, batch_size=batch, max_rows=rows, device=torch.device("cpu"), out=req.out)
     return _Inputs(model, source, ref, regions, methods, metrics, opts, None, False)
 
 
 def _compare(inp: _Inputs, dist, figures: bool) -> Comparison:
     from captum_paths.benchmark.report import check_claims, format_table, write_results
-    from captum_paths.benchmark.runner import _environment
 
     started, cpu_started = time.perf_counter(), time.process_time()
     workload = _workload(inp)
@@ -257,7 +274,9 @@ def _compare(inp: _Inputs, dist, figures: bool) -> Comparison:
         raise ValueError(str(exc)) from None
     results, paths = None, {}
     if done is not None:
-        results = _results(inp, workload, done, dist, started, cpu_started, _environment)
+        results = _results(inp, workload, done, dist)
+        results["total_seconds"] = time.perf_counter() - started
+        results["total_cpu_seconds"] = time.process_time() - cpu_started
         results["claims"] = check_claims(results)
         if inp.opts.out is not None:
             paths = write_results(results, inp.opts.out, figures=figures)
@@ -265,7 +284,8 @@ def _compare(inp: _Inputs, dist, figures: bool) -> Comparison:
     return Comparison(format_table(public), results if results is not None else public, paths)
 
 
-def _results(inp: _Inputs, workload: Workload, done, dist, started, cpu_started, environment) -> Dict[str, Any]:
+def _results(inp: _Inputs, workload: Workload, done, dist) -> Dict[str, Any]:
+    """Rank 0: the results dict (as the command line's) from every chunk record."""
     records, shown, rank_seconds = done
     merged = engine.merge(records, workload, inp.opts.batch_size)
     main = workload.sets[0]
@@ -295,9 +315,7 @@ def _results(inp: _Inputs, workload: Workload, done, dist, started, cpu_started,
             "fingerprint": engine.model_fingerprint(inp.model),
         },
         "protocols": main.protocols,
-        "environment": environment(inp.opts.device, dist, rank_seconds),
-        "total_seconds": time.perf_counter() - started,
-        "total_cpu_seconds": time.process_time() - cpu_started,
+        "environment": engine.environment(inp.opts.device, dist, rank_seconds),
         "_images": images.cpu(),
         "_targets": torch.as_tensor(merged["targets"][:n_show]),
         "_labels": None,

@@ -6,10 +6,12 @@ into :class:`Task` s, one per (method, set, chunk), where a chunk is ``batch_siz
 indices. Chunk boundaries depend on the image indices and ``batch_size`` only, never on the number of
 ranks, so every image is explained in the same batch whatever K is, and:
 
-* deterministic methods explain a whole chunk at once (after seeding from the chunk's first image);
-* methods that draw random numbers (:data:`RANDOM_METHODS`) explain one image at a time, every draw
-  seeded from ``(seed, image index)``: torch's, numpy's and Python's global generators, and any
-  ``torch.Generator`` the method's ``explain`` closes over, are re-seeded before each image.
+* methods known to be deterministic (:data:`BATCHED_METHODS`) explain a whole chunk at once (after
+  seeding from the chunk's first image);
+* every other method (those that draw random numbers: LPI, expected gradients, AGI, SmoothGrad, the
+  random floor, and any method not listed) explains one image at a time, every draw seeded from
+  ``(seed, image index)``: torch's, numpy's and Python's global generators, and any ``torch.Generator``
+  the method's ``explain`` closes over, are re-seeded before each image.
 
 Rank r takes every K-th pending task (round-robin over (method, set, chunk), which spreads every
 method's chunks over the ranks), appends one JSON line per finished chunk to its progress file
@@ -18,6 +20,7 @@ previous, interrupted run left behind (:func:`merge`).
 """
 
 import hashlib
+import os
 import random
 import time
 import warnings
@@ -36,7 +39,7 @@ from captum_paths.benchmark.sources import ImageSource
 
 __all__ = [
     "METRICS",
-    "RANDOM_METHODS",
+    "BATCHED_METHODS",
     "EvalSet",
     "Workload",
     "RunOptions",
@@ -48,12 +51,32 @@ __all__ = [
     "settings_of",
     "execute",
     "merge",
+    "environment",
 ]
 
 METRICS = ("samp_deletion", "samp_insertion", "rise_deletion", "rise_insertion", "diffid", "pointing_game")
 CAUSAL_METRICS = METRICS[:4]
-# Methods that draw random numbers: explained one image at a time, seeded from (seed, image index).
-RANDOM_METHODS = frozenset({"lpi", "lpi-3", "lpi-11", "eg", "agi", "smoothgrad", "random"})
+# Methods known to draw no random numbers (with the benchmark's fixed baselines): explained a chunk at a
+# time. Every other method, including any added later, is explained one image at a time with every
+# generator seeded from (seed, image index): slower for batched methods, never wrong.
+BATCHED_METHODS = frozenset(
+    {
+        "samp",
+        "samp++",
+        "ggig",
+        "ablation",
+        "guided-ig",
+        "blur-ig",
+        "ig",
+        "ig-idgi",
+        "guided-ig-idgi",
+        "blur-ig-idgi",
+        "deeplift",
+        "gradcam",
+        "saliency",
+        "ixg",
+    }
+)
 N_SHOW = 6  # images of the attribution figure
 
 
@@ -281,7 +304,7 @@ def _explain_chunk(method: str, explain, x: Tensor, target: Tensor, first_index:
         a = explain(xs, ts)
         return (a[0] if isinstance(a, tuple) else a).detach()  # methods returning (attributions, extra)
 
-    if method not in RANDOM_METHODS:
+    if method in BATCHED_METHODS:
         _reseed(explain, image_seed(seed, first_index))
         return call(x, target)
     parts = []
@@ -410,15 +433,15 @@ def execute(workload: Workload, opts: RunOptions, settings: Dict[str, Any], dist
         dist (DistInfo): this process's rank and the collectives.
 
     Returns:
-        ``(records by key, attributions by key, this run's compute seconds per rank)`` on rank 0;
+        ``(records by key, attributions by key, (wall, CPU) seconds of each rank's share)`` on rank 0;
         ``None`` on the other ranks.
     """
     store, done, done_keys = _adopt_folder(opts, settings, dist)
     pending = [t for t in plan_tasks(workload, opts.batch_size) if t.key not in done_keys]
     mine = pending[dist.rank :: dist.world_size]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     records, shown = _run_tasks(mine, workload, opts, store)
-    seconds = time.perf_counter() - t0
+    seconds = (time.perf_counter() - t0, time.process_time() - cpu0)
     gathered = dist.gather((records, shown, seconds))
     if not dist.is_main:
         return None
@@ -545,3 +568,27 @@ def log_summary(name: str, entry: Dict[str, Any], log: Callable[[str], None]) ->
         if key in s:
             parts.append(f"{text} {s[key]['mean']:{fmt}}")
     log(f"{entry['label']:>17}: " + " ".join(parts) + f" | {entry['seconds_per_image']:.3f} s/img")
+
+
+def environment(device, dist: DistInfo, rank_seconds: List[Tuple[float, float]]) -> Dict[str, Any]:
+    """Versions, device, threads and the ranks' (wall, CPU) compute seconds, for the results."""
+    import platform
+
+    import captum
+
+    import captum_paths
+
+    return {
+        "torch": torch.__version__,
+        "captum": captum.__version__,
+        "captum_paths": captum_paths.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "world_size": dist.world_size,
+        "backend": torch.distributed.get_backend() if dist.distributed else None,
+        "compute_seconds_per_rank": [w for w, _ in rank_seconds],
+        "compute_cpu_seconds_per_rank": [c for _, c in rank_seconds],
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }

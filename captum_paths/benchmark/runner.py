@@ -24,7 +24,6 @@ the other ranks wait and load), :func:`_options` (the run's options object), :fu
 """
 
 import json
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -532,7 +531,6 @@ class _RunFacts:
     cpu_started: float
     data_info: Dict[str, Any]
     model_info: Dict[str, Any]
-    config: Optional[Dict[str, Any]] = None
 
 
 def _assemble(workload: Workload, opts: RunOptions, done: Tuple, run: _RunFacts) -> Dict[str, Any]:
@@ -545,9 +543,7 @@ def _assemble(workload: Workload, opts: RunOptions, done: Tuple, run: _RunFacts)
     if merged["labels"] is not None and run.model_info.get("test_accuracy") is None:
         hits = sum(int(t == y) for t, y in zip(merged["targets"], merged["labels"]))
         run.model_info["test_accuracy"] = hits / max(len(merged["targets"]), 1)
-    config = (
-        run.config if run.config is not None else {k: v for k, v in asdict(run.cfg).items() if k != "explicit_methods"}
-    )
+    config = {k: v for k, v in asdict(run.cfg).items() if k != "explicit_methods"}
     config.update(
         n_images=len(main.source),
         n_localization=sum(len(s.source) for s in workload.sets[1:]),
@@ -564,32 +560,11 @@ def _assemble(workload: Workload, opts: RunOptions, done: Tuple, run: _RunFacts)
         "data": run.data_info,
         "model": run.model_info,
         "protocols": main.protocols,
-        "environment": _environment(opts.device, run.dist, rank_seconds),
+        "environment": engine.environment(opts.device, run.dist, rank_seconds),
         "total_seconds": time.perf_counter() - run.started,
         "total_cpu_seconds": time.process_time() - run.cpu_started,
         "_images": images.cpu(),  # for the figures; not written to JSON
         "_targets": torch.as_tensor(merged["targets"][:n_show]),
         "_labels": labels.cpu() if labels is not None else None,
         "_attributions": engine.shown_attributions(shown, workload, opts.batch_size),
-    }
-
-
-def _environment(device, dist: DistInfo, rank_seconds: List[float]) -> Dict[str, Any]:
-    import platform
-
-    import captum
-
-    import captum_paths
-
-    return {
-        "torch": torch.__version__,
-        "captum": captum.__version__,
-        "captum_paths": captum_paths.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "world_size": dist.world_size,
-        "backend": torch.distributed.get_backend() if dist.distributed else None,
-        "compute_seconds_per_rank": rank_seconds,
     }
