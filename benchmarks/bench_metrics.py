@@ -5,13 +5,22 @@ Compares the wall time of ``captum_paths.metrics.insertion`` + ``deletion`` with
       the same batch sizes (the floor: the goal is at most 1.2x of it);
   (b) a one-image-at-a-time loop in the style of RISE's ``CausalMetric.single_run`` (one forward per
       step and image, perturbing the image in place).
+  (c) with ``--explainattr DIR`` (a checkout of the SAMP authors' zbr17/ExplainAttr, MIT, imported from DIR at
+      run time, never copied here): their ``Metric`` (SAMP protocol: raw logit, curve / input score, mean of
+      the points, deletion to zeros, insertion from ``gaussian_blur(11, 5)``) against ours under the same
+      protocol with the default chunking, on the same images, attributions and predicted classes.
 Every timing is the best of ``--repeats`` runs. Usage:
 
     python benchmarks/bench_metrics.py [--n 100] [--size 28] [--step 10] [--batch 1000 4000 0] [--threads 1]
+        [--explainattr /path/to/ExplainAttr]
 """
 
 import argparse
+import importlib.util
+import os
+import sys
 import time
+import types
 
 import torch
 from captum.attr import Saliency
@@ -61,15 +70,65 @@ def loop_one_at_a_time(model, x, attr, target, step):
     return torch.stack(aucs)
 
 
+def load_explainattr_metric(root):
+    """The authors' ``src/benchmark/metric.py`` from a checkout, with its unused imports stubbed (``tbwriter``,
+    ``misc``, the ``compress_jpeg`` its constructor builds but deletion/insertion never use)."""
+    sys.modules.setdefault("tbwriter", types.ModuleType("tbwriter"))
+    for name, sub in (("_explainattr", ""), ("_explainattr.methods", "methods")):
+        pkg = types.ModuleType(name)
+        pkg.__path__ = [os.path.join(root, "src", "benchmark", sub)]
+        sys.modules[name] = pkg
+    misc = types.ModuleType("_explainattr.misc")
+    misc.recover_data = None
+    sys.modules["_explainattr.misc"] = misc
+    for name, path in (("_explainattr.methods.utils", "methods/utils.py"), ("_explainattr.metric", "metric.py")):
+        spec = importlib.util.spec_from_file_location(name, os.path.join(root, "src", "benchmark", path))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    module.compress_jpeg = lambda: types.SimpleNamespace(to=lambda device: None)
+    return module
+
+
+def compare_with_authors(model, x, attr, step, repeats, root):
+    """SAMP protocol: the authors' ``Metric`` against ours (default chunks), CPU and wall time, same AUCs."""
+    authors = load_explainattr_metric(root).Metric(step_per=step)
+    pred = model(x).argmax(1).detach()
+
+    def theirs():
+        out = authors(
+            model, x.clone(), pred.numpy(), None, lambda m, img, layer_name: {"cam": attr.sum(1), "pred": pred}
+        )
+        return torch.as_tensor(out["deletion"]["auc"]), torch.as_tensor(out["insertion"]["auc"])
+
+    def ours():
+        kw = dict(target=pred, step=step, score="logit", auc="mean", normalize=True)
+        return deletion(model, x, attr, substrate="zeros", **kw), insertion(model, x, attr, substrate="blur", **kw)
+
+    t_theirs, t_ours, c_theirs, c_ours = (float("inf"),) * 4
+    for _ in range(repeats):  # interleaved, so that drifting load hits both alike
+        t, (d_a, i_a) = best_of(theirs, 1, "authors")
+        t_theirs, c_theirs = min(t_theirs, t), min(c_theirs, CPU_TIMES["authors"])
+        t, (d_o, i_o) = best_of(ours, 1, "ours")
+        t_ours, c_ours = min(t_ours, t), min(c_ours, CPU_TIMES["ours"])
+    diff = max((d_a - d_o).abs().max().item(), (i_a - i_o).abs().max().item())
+    print(
+        f"SAMP protocol, step {step}: authors' Metric {t_theirs:.3f} s wall / {c_theirs:.3f} s CPU; ours (default "
+        f"chunks) {t_ours:.3f} s / {c_ours:.3f} s: ours/theirs {t_ours / t_theirs:.2f}x wall, {c_ours / c_theirs:.2f}x "
+        f"CPU; max |AUC difference| {diff:.2e}; load average {os.getloadavg()[0]:.2f}"
+    )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--size", type=int, default=28)
     parser.add_argument("--step", type=int, default=10)
-    parser.add_argument("--batch", type=int, nargs="+", default=[1000, 4000, 0], help="0 = all rows at once")
+    parser.add_argument("--batch", type=int, nargs="+", default=[128, 256, 1000, 0], help="0 = all rows at once")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     parser.add_argument("--skip-loop", action="store_true")
+    parser.add_argument("--explainattr", default=None, help="checkout of zbr17/ExplainAttr: compare with its Metric")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -88,17 +147,20 @@ def main(argv=None):
     rows = 2 * args.n * points
     print(f"{points} points per curve -> {rows} model evaluations for insertion + deletion")
 
+    if args.explainattr:
+        compare_with_authors(model, x, attr, args.step, args.repeats, args.explainattr)
+
     for batch in args.batch:
-        chunk = None if batch == 0 else batch
-        label = "all" if chunk is None else str(chunk)
+        chunk = 10**9 if batch == 0 else batch
+        label = "all" if batch == 0 else str(chunk)
 
         def metrics():
-            d = deletion(model, x, attr, target=y, step=args.step, max_examples_per_batch=chunk)
-            i = insertion(model, x, attr, target=y, step=args.step, max_examples_per_batch=chunk)
+            d = deletion(model, x, attr, target=y, step=args.step, score="logit", max_examples_per_batch=chunk)
+            i = insertion(model, x, attr, target=y, step=args.step, score="logit", max_examples_per_batch=chunk)
             return d, i
 
         # the floor: the same number of images, pre-built, through the model in the same batch sizes
-        per_batch = rows // 2 if chunk is None else chunk
+        per_batch = min(rows // 2, chunk)
         prebuilt = x.repeat_interleave(points, dim=0)  # one metric's rows (deletion or insertion)
 
         def bare():
@@ -126,8 +188,8 @@ def main(argv=None):
 
         def batched():
             return (
-                deletion(model, x, attr, target=y, step=args.step),
-                insertion(model, x, attr, target=y, step=args.step),
+                deletion(model, x, attr, target=y, step=args.step, score="logit"),
+                insertion(model, x, attr, target=y, step=args.step, score="logit"),
             )
 
         # batched timed before and after the loop: the machine's load may change in between

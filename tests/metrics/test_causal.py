@@ -25,7 +25,7 @@ def _linear_problem(seed=0, n=3, shape=(2, 4, 4)):
 @pytest.mark.parametrize("step", [1, 3])
 def test_deletion_curve_of_linear_model_is_the_sorted_contribution_sum(step):
     model, x, oracle = _linear_problem()
-    auc, curves, fractions = deletion(model, x, oracle, step=step, return_curves=True)
+    auc, curves, fractions = deletion(model, x, oracle, step=step, score="logit", return_curves=True)
     pixel = oracle.sum(1).reshape(len(x), -1).numpy()  # contribution of each pixel
     for i in range(len(x)):
         order = np.argsort(-pixel[i], kind="stable")
@@ -40,7 +40,7 @@ def test_deletion_curve_of_linear_model_is_the_sorted_contribution_sum(step):
 
 def test_insertion_curve_of_linear_model_closed_form():
     model, x, oracle = _linear_problem(seed=1)
-    _, curves, _ = insertion(model, x, oracle, substrate="zeros", step=2, return_curves=True)
+    _, curves, _ = insertion(model, x, oracle, substrate="zeros", step=2, score="logit", return_curves=True)
     pixel = oracle.sum(1).reshape(len(x), -1)
     ordered = pixel.sort(dim=1, descending=True, stable=True).values
     cums = torch.cat([torch.zeros(len(x), 1, dtype=x.dtype), ordered.cumsum(1)], 1)[:, ::2]
@@ -50,9 +50,12 @@ def test_insertion_curve_of_linear_model_closed_form():
 def test_oracle_beats_random_beats_reversed():
     model, x, oracle = _linear_problem(seed=2, n=4)
     random = torch.randn(oracle.shape, generator=torch.Generator().manual_seed(5), dtype=oracle.dtype)
-    d = {k: deletion(model, x, a) for k, a in [("oracle", oracle), ("random", random), ("reversed", -oracle)]}
+    d = {
+        k: deletion(model, x, a, score="logit")
+        for k, a in [("oracle", oracle), ("random", random), ("reversed", -oracle)]
+    }
     i = {
-        k: insertion(model, x, a, substrate="zeros")
+        k: insertion(model, x, a, substrate="zeros", score="logit")
         for k, a in [("oracle", oracle), ("random", random), ("reversed", -oracle)]
     }
     assert bool((d["oracle"] < d["random"]).all() and (d["random"] < d["reversed"]).all())
@@ -131,7 +134,7 @@ def test_samp_protocol_normalised_mean():
         auc, curves, _ = fn(
             model, x, attr, target=target, step=10, score="logit", auc="mean", normalize=True, return_curves=True
         )
-        _, raw, _ = fn(model, x, attr, target=target, step=10, return_curves=True)
+        _, raw, _ = fn(model, x, attr, target=target, step=10, score="logit", return_curves=True)
         torch.testing.assert_close(curves, raw / raw[:, peak : peak + 1 if peak == 0 else None])
         torch.testing.assert_close(auc, (raw / raw[:, [peak]]).mean(1))
         assert torch.allclose(curves[:, peak], torch.ones(2, dtype=x.dtype))
@@ -178,7 +181,7 @@ def test_tuple_inputs_rank_features_jointly():
     a, b = torch.rand(2, 5, generator=g, dtype=torch.float64), torch.rand(2, 2, 3, generator=g, dtype=torch.float64)
     model = TwoInputLinear(u, v)
     attr = (a * u, b * v)
-    _, curves, fractions = deletion(model, (a, b), attr, return_curves=True)
+    _, curves, fractions = deletion(model, (a, b), attr, score="logit", return_curves=True)
     contributions = torch.cat([(a * u), (b * v).reshape(2, -1)], 1)
     ordered = contributions.sort(1, descending=True).values
     expected = contributions.sum(1, keepdim=True) - torch.cat([torch.zeros(2, 1, dtype=a.dtype), ordered.cumsum(1)], 1)
@@ -190,16 +193,16 @@ def test_additional_forward_args_are_per_example():
     model, x, oracle = _linear_problem(seed=3)
     scale = torch.tensor([1.0, 2.0, -3.0], dtype=x.dtype)
     _, scaled, _ = deletion(
-        model, x, oracle, additional_forward_args=scale, return_curves=True, max_examples_per_batch=5
+        model, x, oracle, additional_forward_args=scale, score="logit", return_curves=True, max_examples_per_batch=5
     )
-    _, plain, _ = deletion(model, x, oracle, return_curves=True)
+    _, plain, _ = deletion(model, x, oracle, score="logit", return_curves=True)
     torch.testing.assert_close(scaled, plain * scale.unsqueeze(1))
 
 
 def test_feature_mask_groups_and_float_step():
     model, x, oracle = _linear_problem(seed=4, shape=(1, 4, 4))
     mask = torch.arange(16).reshape(1, 4, 4) // 4  # 4 groups of a row each
-    _, curves, fractions = deletion(model, x, oracle, feature_mask=mask, step=0.25, return_curves=True)
+    _, curves, fractions = deletion(model, x, oracle, feature_mask=mask, step=0.25, score="logit", return_curves=True)
     rows = oracle.reshape(3, 4, 4).sum(2)
     ordered = rows.sort(1, descending=True).values
     expected = rows.sum(1, keepdim=True) - torch.cat([torch.zeros(3, 1, dtype=x.dtype), ordered.cumsum(1)], 1)
@@ -210,23 +213,27 @@ def test_feature_mask_groups_and_float_step():
 
 def test_show_progress_and_generator_for_random_substrates(capsys):
     model, x, oracle = _linear_problem(seed=6)
-    quiet = deletion(model, x, oracle, substrate="uniform", generator=3, max_examples_per_batch=10)
-    shown = deletion(model, x, oracle, substrate="uniform", generator=3, max_examples_per_batch=10, show_progress=True)
+    quiet = deletion(model, x, oracle, substrate="uniform", generator=3, max_examples_per_batch=10, score="logit")
+    shown = deletion(
+        model, x, oracle, substrate="uniform", generator=3, max_examples_per_batch=10, show_progress=True, score="logit"
+    )
     assert torch.equal(quiet, shown)
     assert "deletion" in capsys.readouterr().err
-    assert not torch.equal(quiet, deletion(model, x, oracle, substrate="uniform", generator=4))
+    assert not torch.equal(quiet, deletion(model, x, oracle, substrate="uniform", generator=4, score="logit"))
 
 
 def test_callable_score_and_custom_substrates():
     model, x, oracle = _linear_problem(seed=5)
     doubled = deletion(model, x, oracle, score=lambda out, t: 2 * out[:, 0])
-    torch.testing.assert_close(doubled, 2 * deletion(model, x, oracle))
+    torch.testing.assert_close(doubled, 2 * deletion(model, x, oracle, score="logit"))
     # a constant substrate of 1: the curve ends at f(1)
-    _, curves, _ = deletion(model, x, oracle, substrate=1.0, return_curves=True)
+    _, curves, _ = deletion(model, x, oracle, substrate=1.0, score="logit", return_curves=True)
     torch.testing.assert_close(curves[:, -1], model(torch.ones_like(x)).detach()[:, 0].expand(3))
-    _, curves_t, _ = deletion(model, x, oracle, substrate=torch.ones(x.shape[1:], dtype=x.dtype), return_curves=True)
+    _, curves_t, _ = deletion(
+        model, x, oracle, substrate=torch.ones(x.shape[1:], dtype=x.dtype), score="logit", return_curves=True
+    )
     torch.testing.assert_close(curves_t, curves)
-    blur = insertion(model, x, oracle, substrate=Blur(5, 1.0), return_curves=True)[1]
+    blur = insertion(model, x, oracle, substrate=Blur(5, 1.0), score="logit", return_curves=True)[1]
     assert blur.shape == (3, 17)
 
 
@@ -261,7 +268,7 @@ def test_inputs_model_and_mode_untouched(digits_cnn):
 def test_bad_arguments_raise_clear_errors(kwargs, error, match):
     model, x, oracle = _linear_problem()
     with pytest.raises(error, match=match):
-        deletion(model, x, oracle, **kwargs)
+        deletion(model, x, oracle, **{"score": "logit", **kwargs})
 
 
 def test_attribution_shape_mismatch():
@@ -286,3 +293,100 @@ def test_everything_stays_on_the_gpu():
     assert insertion(model, x, attr, target=1, step=32).is_cuda
     assert diffid(model, x, attr, target=1).diff.is_cuda
     assert sensitivity_n(model, x, attr, n=4, target=1, n_subsets=5, generator=0).is_cuda
+
+
+# ------------------------------------------------------------------------- defaults at real sizes
+class _CountingModel(torch.nn.Module):
+    """Wraps a model; records the rows of every forward pass."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.rows = model, []
+
+    def forward(self, x, *args):
+        self.rows.append(x.shape[0])
+        return self.model(x, *args)
+
+
+@pytest.mark.parametrize("n_features, expected", [(16, 1), (224, 1), (225, 2), (784, 4), (1024, 5), (4096, 19)])
+def test_default_step_is_rises_resolution(n_features, expected):
+    assert features_per_step(None, n_features) == expected
+    assert features_per_step(None, 224 * 224) == 224  # RISE: 224 pixels per step at 224x224
+
+
+def test_defaults_are_rises_protocol_and_chunks_are_bounded():
+    model = small_cnn(seed=3, channels=1)
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    attr = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    counted = _CountingModel(model)
+    auc, curves, fractions = deletion(counted, x, attr, target=2, return_curves=True)
+    assert curves.shape == (3, 197) and max(counted.rows) <= 256 and sum(counted.rows) == 3 * 197
+    rise = deletion(model, x, attr, target=2, step=4, substrate="zeros", score="softmax", auc="trapezoid")
+    torch.testing.assert_close(auc, rise, rtol=0, atol=0)
+    probs = torch.softmax(model(x).detach(), 1)[:, 2]
+    torch.testing.assert_close(curves[:, 0], probs)  # softmax of the target on the untouched input
+    # RISE's trapezoid AUC of the returned curve, points evenly spaced
+    torch.testing.assert_close(auc, (curves.sum(1) - curves[:, 0] / 2 - curves[:, -1] / 2) / 196)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_the_model_never_sees_more_rows_than_the_bound_and_results_equal_unchunked(chunk):
+    model = small_cnn(seed=5)
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    attr = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for fn in (deletion, insertion):
+        counted = _CountingModel(model)
+        chunked = fn(counted, x, attr, target=[0, 1, 2, 3], step=3, return_curves=True, max_examples_per_batch=chunk)
+        assert max(counted.rows) <= chunk and sum(counted.rows) == 4 * 23
+        whole = fn(model, x, attr, target=[0, 1, 2, 3], step=3, return_curves=True, max_examples_per_batch=10**6)
+        for a, b in zip(chunked, whole):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_default_rows_per_pass_rule():
+    from captum_paths.metrics._core._common import default_rows_per_pass
+
+    shapes = {(1, 28, 28): 256, (3, 32, 32): 85, (3, 64, 64): 21, (3, 224, 224): 8, (5,): 256}
+    for shape, rows in shapes.items():
+        assert default_rows_per_pass((torch.zeros((2,) + shape),)) == rows
+    counted = _CountingModel(small_cnn(seed=1))
+    x = torch.rand(3, 3, 64, 64)
+    deletion(counted, x.double(), torch.randn(x.shape, dtype=torch.float64), target=0, step=512)
+    assert max(counted.rows) == 21 and sum(counted.rows) == 3 * 9  # 4096 pixels / 512 -> 9 points
+
+
+# ------------------------------------------------------------------------------------ bad input (issue 12)
+@pytest.mark.parametrize("fn", [deletion, insertion])
+@pytest.mark.parametrize("bad", ["inputs", "attributions"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_inputs_or_attributions_raise_before_any_model_pass(fn, bad, value):
+    counted = _CountingModel(small_cnn(seed=0))
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    attr = torch.randn(x.shape, dtype=torch.float64)
+    (x if bad == "inputs" else attr)[1, 0, 2, 3] = value
+    with pytest.raises(ValueError, match=rf"`{bad}`\[0\] must be finite, got 1 NaN or infinite value\(s\)"):
+        fn(counted, x, attr, target=0)
+    assert counted.rows == []
+
+
+@pytest.mark.parametrize("fn", [deletion, insertion])
+def test_empty_batch_gives_empty_results_without_a_model_pass(fn):
+    counted = _CountingModel(small_cnn(seed=0))
+    x = torch.rand(0, 3, 8, 8, dtype=torch.float64)
+    auc, curves, fractions = fn(counted, x, x.clone(), target=0, step=10, return_curves=True)
+    assert auc.shape == (0,) and curves.shape == (0, 8) and fractions.shape == (8,) and counted.rows == []
+
+
+def test_blur_default_on_non_image_inputs_names_the_argument_and_the_fix():
+    counted = _CountingModel(LinearClasses(5, 3))
+    x = torch.rand(2, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="`substrate`.*images.*'zeros'"):
+        insertion(counted, x, x.clone(), target=0)
+    assert counted.rows == []
+    assert insertion(counted, x, x.clone(), target=0, substrate="zeros").shape == (2,)
+
+
+def test_softmax_of_a_single_output_is_refused():
+    model, x, oracle = _linear_problem()
+    with pytest.raises(ValueError, match="score.*single output.*'logit'"):
+        deletion(model, x, oracle)

@@ -69,3 +69,17 @@ def test_check_target_errors():
         check_target(torch.tensor([1.0, 2.0, 0.0]), 3)
     with pytest.raises(TypeError, match="target"):
         check_target("cat", 3)
+
+
+def test_empty_batch_and_check_finite_helpers():
+    from captum_paths.metrics._core import fidelity
+    from captum_paths.metrics._core._common import check_finite, empty_batch
+
+    assert fidelity.empty_batch is empty_batch  # one helper, shared by every metric
+    x = torch.zeros(0, 3, 4, 4)
+    assert empty_batch(x, x.clone()) is not None and empty_batch(torch.zeros(1, 2), torch.zeros(1, 2)) is None
+    with pytest.raises(ValueError, match="`attributions`.*shapes"):
+        empty_batch(x, torch.zeros(0, 3, 4, 5))
+    check_finite((torch.zeros(2), torch.ones(3)), "inputs")
+    with pytest.raises(ValueError, match=r"`baselines`\[1\] must be finite, got 2 NaN or infinite value\(s\)"):
+        check_finite((torch.zeros(2), torch.tensor([0.0, float("nan"), float("-inf")])), "baselines")

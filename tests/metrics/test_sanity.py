@@ -198,3 +198,27 @@ def test_tuple_inputs_and_forward_args():
     torch.testing.assert_close(res.spearman[0], torch.ones(5, dtype=torch.float64))
     # a linear model's gradient is its weight row: randomising both layers decorrelates it
     assert res.spearman[-1].abs().mean() < 0.9
+
+
+# ------------------------------------------------------------------------------------ bad input (issue 12)
+@pytest.mark.parametrize("check", [model_randomization_check, sigma_perturbation_check])
+def test_sanity_checks_bad_input_and_empty_batch(check):
+    calls = []
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).double()
+    model.register_forward_pre_hook(lambda *a: calls.append(1))
+    extra = {} if check is model_randomization_check else {"sigmas": [0.1, 0.2]}
+    x = torch.rand(2, 3, 2, 2, dtype=torch.float64)
+    x[1, 2, 1, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"`inputs`\[0\] must be finite, got 1 NaN or infinite"):
+        check(model, Saliency, x, target=0, **extra)
+    empty = check(model, Saliency, torch.rand(0, 3, 2, 2, dtype=torch.float64), target=0, **extra)
+    assert calls == []
+    steps = 2 if check is model_randomization_check else 3  # original + one layer / two sigmas
+    assert empty.spearman.shape == (steps, 0) and empty.scores.shape == (steps, 0) and len(empty.steps) == steps
+    assert bool(torch.isnan(empty.agreement).all())
+
+    def nan_method(m, inputs, target):
+        return torch.full_like(inputs, float("nan"))
+
+    with pytest.raises(ValueError, match="attributions returned by attribute_fn"):
+        check(model, nan_method, torch.rand(2, 3, 2, 2, dtype=torch.float64), target=0, **extra)

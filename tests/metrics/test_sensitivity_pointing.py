@@ -144,3 +144,44 @@ def test_pointing_bad_input():
         pointing_game(torch.zeros(2, 5), torch.zeros(2, 4))
     with pytest.raises(TypeError, match="regions"):
         pointing_game(maps, "box")
+
+
+# ------------------------------------------------------------------------------------ bad input (issue 12)
+def test_pointing_game_tie_rule_constant_maps_and_non_finite_maps():
+    from captum_paths.metrics import pointing_game
+
+    region = torch.zeros(4, 8, 8, dtype=torch.bool)
+    region[:, :3, :3] = True
+    maps = torch.zeros(4, 8, 8)
+    maps[1] = 5.0  # constant: points nowhere
+    maps[2, 1, 1] = maps[2, 6, 6] = 1.0  # tied peaks, one far from the region: a miss
+    maps[3, 1, 1] = maps[3, 2, 2] = 1.0  # tied peaks, both in the region: a hit
+    assert pointing_game(maps, region, tolerance=0).tolist() == [False, False, False, True]
+    assert pointing_game(maps, region, tolerance=100).tolist() == [False, False, True, True]
+    for bad in (float("nan"), float("inf")):
+        broken = maps.clone()
+        broken[0, 4, 4] = bad
+        with pytest.raises(ValueError, match=r"`attributions` must be finite, got 1 NaN or infinite"):
+            pointing_game(broken, region)
+    assert pointing_game(torch.zeros(0, 3, 8, 8), torch.zeros(0, 8, 8, dtype=torch.bool)).shape == (0,)
+
+
+def test_sensitivity_n_bad_input_before_any_model_pass_and_empty_batch():
+    from captum_paths.metrics import sensitivity_n
+
+    calls = []
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).double()
+    model.register_forward_pre_hook(lambda *a: calls.append(1))
+    x = torch.rand(2, 3, 2, 2, dtype=torch.float64)
+    for bad_name in ("inputs", "attributions"):
+        xi, ai = x.clone(), x.clone()
+        (xi if bad_name == "inputs" else ai)[0, 0, 0, 0] = float("nan")
+        with pytest.raises(ValueError, match=rf"`{bad_name}`\[0\] must be finite"):
+            sensitivity_n(model, xi, ai, n=2, target=0)
+    with pytest.raises(ValueError, match="`baselines`.*images"):
+        sensitivity_n(model, x.reshape(2, 12), x.reshape(2, 12), n=2, target=0, baselines="blur")
+    assert calls == []
+    empty = torch.rand(0, 3, 2, 2, dtype=torch.float64)
+    assert sensitivity_n(model, empty, empty, n=2, target=0).shape == (0,)
+    assert sensitivity_n(model, empty, empty, n=[1, 2], target=0).shape == (0, 2)
+    assert calls == []

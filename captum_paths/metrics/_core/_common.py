@@ -20,7 +20,7 @@ from captum_paths.attr._utils.captum_compat import (
     run_forward,
     target_scores,
 )
-from captum_paths.attr._utils.features import feature_groups, flatten_inputs, group_sum
+from captum_paths.attr._utils.features import feature_groups, group_sum
 from captum_paths.attr._utils.progress import chunk_slices, progress_bar
 from captum_paths.attr._utils.rows import subset_additional_forward_args, subset_target
 from captum_paths.attr._utils.validation import check_internal_batch_size, check_same_batch
@@ -30,6 +30,11 @@ ScoreSpec = Union[str, Callable[[Tensor, Any], Tensor]]
 
 __all__ = [
     "prepare_inputs_and_attributions",
+    "check_finite",
+    "empty_batch",
+    "flatten_rows",
+    "default_rows_per_pass",
+    "rows_per_pass",
     "check_target",
     "score_function",
     "evaluate_rows",
@@ -43,7 +48,63 @@ __all__ = [
 ]
 
 
+# Default bound of the rows (perturbed inputs) of one model pass, chosen by measurement (benchmarks/bench_metrics.py,
+# one torch thread): the fastest chunks hold about 2**18 input elements (256 rows of 28x28 digits, 64 of 64x64:
+# larger chunks spill the activations out of the cache and get slower per row), never fewer than 8 rows (a
+# torchvision resnet18 at 3x224x224 costs the same per row from 1 to 32 rows) nor more than 256.
+DEFAULT_ROW_ELEMENTS = 2**18
+DEFAULT_MIN_ROWS = 8
+DEFAULT_MAX_ROWS = 256
+
+
 # ----------------------------------------------------------------------------------------------- inputs
+def check_finite(tensors: Tuple[Tensor, ...], name: str) -> None:
+    """Raise ``ValueError`` naming ``name``[i] when a tensor holds NaN or infinite values (before any model pass)."""
+    for i, t in enumerate(tensors):
+        if t.dtype.is_floating_point or t.dtype.is_complex:
+            bad = ~torch.isfinite(t)
+            if bool(bad.any()):
+                where = tuple(int(v) for v in bad.nonzero()[0])
+                raise ValueError(
+                    f"`{name}`[{i}] must be finite, got {int(bad.sum())} NaN or infinite value(s) (the first at index "
+                    f"{where}); replace them (e.g. torch.nan_to_num) or drop those examples"
+                )
+
+
+def empty_batch(inputs: TensorOrTuple, attributions: TensorOrTuple) -> Optional[Tensor]:
+    """For ``N = 0`` examples: the checked, formatted first input (to build an empty result on its device
+    and dtype) after the structure checks that need no example; ``None`` when there are examples."""
+    inputs_t, attr_t = format_inputs(inputs, "inputs"), format_inputs(attributions, "attributions")
+    if check_same_batch(inputs_t, "inputs") > 0:
+        return None
+    if len(attr_t) != len(inputs_t) or any(a.shape != x.shape for a, x in zip(attr_t, inputs_t)):
+        raise ValueError(
+            f"`attributions` of shapes {[tuple(a.shape) for a in attr_t]} must have exactly the shapes of "
+            f"`inputs`: {[tuple(x.shape) for x in inputs_t]}"
+        )
+    return inputs_t[0]
+
+
+def flatten_rows(tensors: Tuple[Tensor, ...]) -> Tensor:
+    """:func:`~captum_paths.attr._utils.features.flatten_inputs` that also works for ``N = 0``: ``(N, D)``."""
+    n = tensors[0].shape[0]
+    flat = [t.reshape(n, int(torch.Size(t.shape[1:]).numel())) for t in tensors]
+    return flat[0] if len(flat) == 1 else torch.cat(flat, dim=1)
+
+
+def default_rows_per_pass(inputs: Tuple[Tensor, ...]) -> int:
+    """The default rows per model pass: ``clamp(2**18 // D, 8, 256)`` for ``D`` input elements per example
+    (e.g. 256 rows of 1x28x28 digits, 85 of 3x32x32, 21 of 3x64x64, 8 of 3x224x224)."""
+    per_row = max(1, sum(int(torch.Size(x.shape[1:]).numel()) for x in inputs))
+    return max(DEFAULT_MIN_ROWS, min(DEFAULT_MAX_ROWS, DEFAULT_ROW_ELEMENTS // per_row))
+
+
+def rows_per_pass(max_examples_per_batch: Optional[int], inputs: Tuple[Tensor, ...]) -> int:
+    """``max_examples_per_batch`` when given (checked: a positive int), else :func:`default_rows_per_pass`."""
+    chunk = check_internal_batch_size(max_examples_per_batch, "max_examples_per_batch")
+    return default_rows_per_pass(inputs) if chunk is None else chunk
+
+
 def prepare_inputs_and_attributions(
     inputs: TensorOrTuple,
     attributions: TensorOrTuple,
@@ -53,7 +114,7 @@ def prepare_inputs_and_attributions(
     """Validate and flatten: returns ``(inputs_tuple, flat_attr (N, D), ids (N, D), n_groups)``.
 
     ``attributions`` must have exactly the inputs' structure and shapes (as Captum's ``infidelity``
-    requires); errors name the argument and the expected shape.
+    requires); both must be finite (no NaN or infinity). Errors name the argument and the expected shape.
     """
     inputs_t = format_inputs(inputs, "inputs")
     attr_t = format_inputs(attributions, "attributions")
@@ -71,11 +132,11 @@ def prepare_inputs_and_attributions(
             )
         if not x.dtype.is_floating_point:
             raise TypeError(f"`inputs`[{i}] must be a floating-point tensor, got dtype {x.dtype}")
-        if not torch.isfinite(a).all():
-            raise ValueError(f"`attributions`[{i}] contains non-finite values (nan or inf)")
+    check_finite(inputs_t, "inputs")
+    check_finite(attr_t, "attributions")
     check_internal_batch_size(max_examples_per_batch, "max_examples_per_batch")
     ids, n_groups = feature_groups(inputs_t, feature_mask)
-    flat_attr = flatten_inputs(tuple(a.detach().to(device=x.device) for a, x in zip(attr_t, inputs_t)))
+    flat_attr = flatten_rows(tuple(a.detach().to(device=x.device) for a, x in zip(attr_t, inputs_t)))
     return inputs_t, flat_attr, ids, n_groups
 
 
@@ -114,6 +175,11 @@ def score_function(score: ScoreSpec, name: str = "score") -> Callable[[Tensor, A
                 raise ValueError(
                     f"`{name}`='softmax' needs a model output with a class dimension (N, C), got "
                     f"shape {tuple(getattr(out, 'shape', ()))}"
+                )
+            if out.shape[1] == 1:
+                raise ValueError(
+                    f"`{name}`='softmax' over a single output is the constant 1; the model returns shape "
+                    f"{tuple(out.shape)}: pass {name}='logit' (or a callable) for single-output models"
                 )
             return target_scores(torch.softmax(out, dim=1), t, n)
 

@@ -5,6 +5,12 @@ important first) are replaced by their value in a *finish* image and the model i
 step. Deletion goes from the input to a substrate (zeros), so a good attribution makes the score fall
 fast (low AUC is good); insertion goes from a substrate (the blurred input) to the input, so a good
 attribution makes the score rise fast (high AUC is good).
+
+Defaults: RISE's protocol (softmax probability of the target, trapezoid AUC, no normalisation, deletion to
+zeros, insertion from ``Blur(11, 5)``), with RISE's curve resolution at every size: ``ceil(G / 224)``
+features per step, i.e. exactly RISE's 224 pixels per step (224 steps) at 224x224. The perturbed inputs go
+through the model in chunks of at most ``max_examples_per_batch`` rows (default: about ``2**18`` input
+elements, between 8 and 256 rows), so memory is bounded whatever the number of examples and steps.
 """
 
 import math
@@ -14,7 +20,7 @@ from typing import Any, Callable, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from captum_paths.attr._utils.features import flatten_inputs, unflatten_inputs
+from captum_paths.attr._utils.features import unflatten_inputs
 from captum_paths.attr._utils.validation import check_generator
 from captum_paths.baselines import resolve_baselines
 from captum_paths.metrics._core._common import (
@@ -24,20 +30,28 @@ from captum_paths.metrics._core._common import (
     auc_trapezoid,
     check_target,
     evaluate_rows,
+    flatten_rows,
     group_attributions,
     group_ranks,
     prepare_inputs_and_attributions,
+    rows_per_pass,
     score_function,
 )
 
-__all__ = ["deletion", "insertion", "causal_curves", "features_per_step"]
+__all__ = ["deletion", "insertion", "causal_curves", "features_per_step", "RISE_STEPS"]
+
+RISE_STEPS = 224  # RISE moves 224 pixels per step on 224x224 images: 224 steps, 225 points per curve
 
 _AUC_RULES = {"trapezoid": auc_trapezoid, "mean": auc_mean}
 
 
-def features_per_step(step: Union[int, float], n_features: int) -> int:
-    """Number of features moved per step: ``step`` itself for an int, ``max(1, round(step * n_features))``
-    for a float fraction in (0, 1]. Raises ``ValueError`` for anything else."""
+def features_per_step(step: Union[None, int, float], n_features: int) -> int:
+    """Number of features moved per step: ``ceil(n_features / 224)`` for ``None`` (RISE's resolution: 224
+    pixels per step at 224x224, 4 at 28x28, 5 at 32x32, 19 at 64x64; one per step below 224 features),
+    ``step`` itself for an int, ``max(1, round(step * n_features))`` for a float fraction in (0, 1].
+    Raises ``ValueError`` for anything else."""
+    if step is None:
+        return max(1, -(-n_features // RISE_STEPS))
     if isinstance(step, bool) or not isinstance(step, Real):
         raise ValueError(f"`step` must be a positive int (features per step) or a float in (0, 1], got {step!r}")
     if isinstance(step, Integral):
@@ -57,15 +71,16 @@ def causal_curves(
     target: Any = None,
     additional_forward_args: Any = None,
     feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
-    step: Union[int, float] = 1,
+    step: Union[None, int, float] = None,
     substrate: Any = "zeros",
-    score: ScoreSpec = "logit",
+    score: ScoreSpec = "softmax",
     max_examples_per_batch: Optional[int] = None,
     show_progress: bool = False,
     generator: Union[None, int, torch.Generator] = None,
 ) -> Tuple[Tensor, Tensor]:
     """The raw (unnormalised) curves ``(N, K + 1)`` and fractions ``(K + 1,)`` of ``mode`` in
-    {``"deletion"``, ``"insertion"``}; see :func:`deletion` for the arguments."""
+    {``"deletion"``, ``"insertion"``}; see :func:`deletion` for the arguments. Every check runs before
+    the first model pass; ``N = 0`` returns ``(0, K + 1)`` curves without calling the model."""
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"`mode` must be 'deletion' or 'insertion', got {mode!r}")
     inputs_t, flat_attr, ids, n_groups = prepare_inputs_and_attributions(
@@ -75,45 +90,52 @@ def causal_curves(
     per_step = features_per_step(step, n_groups)
     check_target(target, n)
     score_fn = score_function(score)
-    gen = check_generator(generator)
+    chunk = rows_per_pass(max_examples_per_batch, inputs_t)
     detached = tuple(x.detach() for x in inputs_t)
-    substrate_t = resolve_baselines(substrate, detached, default="zeros", name="substrate", generator=gen)
-    x_flat, s_flat = flatten_inputs(detached), flatten_inputs(substrate_t)
+    substrate_t = resolve_baselines(
+        substrate, detached, default="zeros", name="substrate", generator=check_generator(generator)
+    )
+    x_flat, s_flat = flatten_rows(detached), flatten_rows(substrate_t)
     start, finish = (x_flat, s_flat) if mode == "deletion" else (s_flat, x_flat)
-    device = x_flat.device
-
     n_steps = (n_groups + per_step - 1) // per_step  # RISE: ceil(features / step)
-    moved_count = (torch.arange(n_steps + 1, device=device) * per_step).clamp(max=n_groups)
-    element_rank = group_ranks(group_attributions(flat_attr, ids, n_groups)).gather(1, ids)
     points = n_steps + 1
+    moved_count = (torch.arange(points, device=x_flat.device) * per_step).clamp(max=n_groups)
+    if n == 0:
+        return x_flat.new_empty((0, points)), moved_count.to(x_flat.dtype) / max(n_groups, 1)
+    make_rows = _row_builder(flat_attr, ids, n_groups, per_step, points, start, finish, detached)
+    scores = evaluate_rows(
+        forward_func,
+        make_rows,
+        torch.arange(n, device=x_flat.device).repeat_interleave(points),
+        n,
+        target,
+        additional_forward_args,
+        score_fn,
+        chunk,
+        show_progress,
+        desc=mode,
+    )
+    curves = scores.reshape(n, points)
+    return curves, moved_count.to(curves.dtype) / n_groups
+
+
+def _row_builder(flat_attr, ids, n_groups, per_step, points, start, finish, like):
+    """``make_rows(rows)``: row ``r`` is example ``r // points`` at step ``k = r % points``, i.e. ``start``
+    with the elements of its top ``min(k s, G)`` features taken from ``finish``. Only the chunk's rows are
+    ever built (``2 * chunk * D`` values at a time)."""
+    element_rank = group_ranks(group_attributions(flat_attr, ids, n_groups)).gather(1, ids)
     # the step from which each element holds its finish value (rank < k * s  <=>  rank // s + 1 <= k),
     # in the narrowest integer type: building a chunk then reads 2 bytes per element, not 8
     step_dtype = torch.int16 if points < 2**15 else torch.int32
     first_moved_step = (element_rank // per_step + 1).to(step_dtype)
-    del element_rank
-    row_examples = torch.arange(n, device=device).repeat_interleave(points)
 
     def make_rows(rows: Tensor) -> Tuple[Tensor, ...]:
         example, k = rows // points, (rows % points).to(step_dtype)
         moved = first_moved_step.index_select(0, example) <= k.unsqueeze(1)
         perturbed = torch.where(moved, finish.index_select(0, example), start.index_select(0, example))
-        return unflatten_inputs(perturbed, detached)
+        return unflatten_inputs(perturbed, like)
 
-    scores = evaluate_rows(
-        forward_func,
-        make_rows,
-        row_examples,
-        n,
-        target,
-        additional_forward_args,
-        score_fn,
-        max_examples_per_batch,
-        show_progress,
-        desc=mode,
-    )
-    curves = scores.reshape(n, points)
-    fractions = moved_count.to(curves.dtype) / n_groups
-    return curves, fractions
+    return make_rows
 
 
 def _causal_metric(mode: str, auc: str, normalize: bool, return_curves: bool, **kwargs):
@@ -139,9 +161,9 @@ def deletion(
     target: Any = None,
     additional_forward_args: Any = None,
     feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
-    step: Union[int, float] = 1,
+    step: Union[None, int, float] = None,
     substrate: Any = "zeros",
-    score: ScoreSpec = "logit",
+    score: ScoreSpec = "softmax",
     auc: str = "trapezoid",
     normalize: bool = False,
     return_curves: bool = False,
@@ -162,23 +184,31 @@ def deletion(
     and the curve ``c_0..c_K`` is summarised by an AUC rule. Ties in the ranking are broken by feature
     index (lower first).
 
-    **Reproducing RISE exactly** (Petsiuk et al. 2018, ``evaluation.py``'s ``CausalMetric``):
-    ``deletion(model, x, attr, target=model(x).argmax(1), step=224, substrate="zeros",
-    score="softmax", auc="trapezoid", normalize=False)`` (RISE scores the softmax probability of the
-    class the model predicts on the input, moves 224 pixels per step on 224x224 images, and integrates
-    with the trapezoid rule over ``K + 1`` evenly spaced points).
+    **The defaults are RISE's protocol** (Petsiuk et al. 2018, ``evaluation.py``'s ``CausalMetric``):
+    softmax probability, substrate zeros, trapezoid AUC over ``K + 1`` evenly spaced points, no
+    normalisation, and RISE's curve resolution at every size: ``s = ceil(G / 224)`` features per step
+    (``step=None``), exactly RISE's 224 pixels per step at 224x224 (so ``K = 224``); 4 at 28x28 (196
+    steps), 5 at 32x32, 19 at 64x64, one per step below 224 features (``K = G``). RISE exactly:
+    ``deletion(model, x, attr, target=model(x).argmax(1))`` on 224x224 images.
 
-    **Reproducing the SAMP paper** (Zhang et al., ICLR 2024; reference ``metric.py``):
-    ``deletion(model, x, attr, target=predicted_class, step=10, substrate="zeros", score="logit",
-    auc="mean", normalize=True)`` (raw logit, the curve divided by the logit of the unperturbed input,
-    AUC = mean of the ``K + 1`` points).
+    **Reproducing the SAMP paper** (Zhang et al., ICLR 2024; the authors' ``Metric`` in
+    ``src/benchmark/metric.py``): ``deletion(model, x, attr, target=predicted_class, step=10,
+    substrate="zeros", score="logit", auc="mean", normalize=True)`` at 28x28 and 32x32, ``step=224 * 8``
+    at 224x224 (the authors' ImageNet harness): raw logit, the curve divided by the logit of the
+    unperturbed input, AUC = mean of the ``K + 1`` points. Equal to the authors' numbers to float32
+    rounding (``benchmarks/bench_metrics.py`` checks it), and at least as fast with the default chunks.
+
+    **Cost**: ``N (K + 1)`` model rows (``K = ceil(G / s)``), no gradients, in passes of at most
+    ``max_examples_per_batch`` rows. Memory: the rows of one pass (``2 x rows x D`` values while they are
+    built) plus ``N D`` int16 step indices, whatever ``N`` and ``K``. Every check (shapes, finiteness,
+    target, substrate) runs before the first model pass; ``N = 0`` returns empty results.
 
     Args:
         forward_func (Callable): the model or any function of the inputs returning its output.
-        inputs (Tensor or tuple of Tensor): ``(N, ...)`` examples. For a tuple, the features of all
-            tensors are ranked together.
+        inputs (Tensor or tuple of Tensor): ``(N, ...)`` examples, finite. For a tuple, the features of
+            all tensors are ranked together.
         attributions (Tensor or tuple of Tensor): exactly the shapes of ``inputs`` (e.g. the output of any
-            Captum attribution).
+            Captum attribution), finite.
         target (int, tuple, Tensor or list, optional): the output index scored, in any Captum target
             format (``None`` for single-output models). Default: None.
         additional_forward_args (Any, optional): extra arguments of ``forward_func``; tensors with ``N``
@@ -186,23 +216,26 @@ def deletion(
         feature_mask (Tensor or tuple of Tensor, optional): Captum-style integer group ids broadcastable
             to each input; a group is one feature (e.g. superpixels). Default: None (one feature per
             pixel for 4-D inputs, per element otherwise).
-        step (int or float): features moved per step (int), or a fraction of the features (float in
-            (0, 1], rounded to the nearest count, at least 1). Default: 1.
+        step (None, int or float): features moved per step (int), or a fraction of the features (float
+            in (0, 1], rounded to the nearest count, at least 1). Default: None, ``ceil(G / 224)`` (RISE's
+            resolution, see above).
         substrate: the finish image: any baseline specification of
             :func:`captum_paths.baselines.resolve_baselines` (``"zeros"``, ``"blur"``,
             ``"mean"``, ``Blur(11, 5)``, a number, a tensor, or a callable of the input).
             Default: ``"zeros"`` (RISE).
-        score (str or Callable): ``"logit"`` (raw output of the target), ``"softmax"`` (softmax over dim
-            1, probability of the target) or a callable ``(output, target) -> (rows,)``. Default:
-            ``"logit"``.
+        score (str or Callable): ``"softmax"`` (softmax over dim 1, probability of the target; RISE),
+            ``"logit"`` (raw output of the target; SAMP) or a callable ``(output, target) -> (rows,)``.
+            Default: ``"softmax"``.
         auc (str): ``"trapezoid"`` (RISE: ``(sum(c) - c_0/2 - c_K/2) / K``) or ``"mean"`` (SAMP paper:
             ``mean(c)``). Default: ``"trapezoid"``.
         normalize (bool): divide the curve by the score of the unperturbed input ``c_0`` before the AUC
             (SAMP paper). A zero input score gives non-finite values; a negative one flips the curve
             (the paper divides raw logits as they are). Default: False.
         return_curves (bool): also return the curves and the fraction of features moved at each point.
-        max_examples_per_batch (int, optional): at most this many perturbed inputs per forward pass; the
-            perturbed inputs of all examples and steps are batched together. Default: None (all at once).
+        max_examples_per_batch (int, optional): at most this many perturbed inputs (rows) per forward
+            pass; rows of different examples and steps share a pass. Default: None, ``clamp(2**18 // D, 8,
+            256)`` rows for ``D`` input elements per example (256 at 1x28x28, 85 at 3x32x32, 21 at 3x64x64,
+            8 at 3x224x224: the fastest chunks measured on one CPU thread; raise it on a GPU).
         show_progress (bool): tqdm progress over forward batches. Default: False.
         generator (int or torch.Generator, optional): seed for random substrates (``"uniform"``,
             ``"gaussian"``). Default: None.
@@ -239,9 +272,9 @@ def insertion(
     target: Any = None,
     additional_forward_args: Any = None,
     feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
-    step: Union[int, float] = 1,
+    step: Union[None, int, float] = None,
     substrate: Any = "blur",
-    score: ScoreSpec = "logit",
+    score: ScoreSpec = "softmax",
     auc: str = "trapezoid",
     normalize: bool = False,
     return_curves: bool = False,
@@ -256,16 +289,19 @@ def insertion(
     ``k`` holds ``x^{(k)} = b \odot (1 - m_k) + x \odot m_k`` with ``m_k`` the top ``min(k s, G)``
     features. The last point is the unperturbed input.
 
-    **Reproducing RISE exactly**: ``insertion(model, x, attr, target=model(x).argmax(1), step=224,
-    substrate="blur", score="softmax", auc="trapezoid", normalize=False)`` (``"blur"`` is RISE's
-    ``gkern(11, 5)`` with zero padding, see :class:`~captum_paths.attr.Blur`).
+    **The defaults are RISE's protocol**, as for :func:`deletion` (``"blur"`` is RISE's ``gkern(11, 5)``
+    with zero padding, see :class:`~captum_paths.attr.Blur`): RISE exactly is
+    ``insertion(model, x, attr, target=model(x).argmax(1))`` on 224x224 images.
 
     **Reproducing the SAMP paper**: ``insertion(model, x, attr, target=predicted_class, step=10,
     substrate="blur", score="logit", auc="mean", normalize=True)`` (the curve is divided by the logit of
-    the unperturbed input, i.e. its last point; SAMP's ImageNet runs use ``Blur(31, 5)``).
+    the unperturbed input, i.e. its last point); at 224x224 the authors' harness uses ``step=224 * 8``
+    and ``substrate=Blur(31, 5)``.
 
     Args: as :func:`deletion`; ``substrate`` (the start image) defaults to ``"blur"``, which needs
-    ``(N, C, H, W)`` inputs. ``normalize`` divides by the last point ``c_K`` (the input's score).
+    ``(N, C, H, W)`` inputs (other inputs get a ``ValueError`` naming ``substrate`` before any model pass:
+    pass ``substrate="zeros"``, a number or a tensor). ``normalize`` divides by the last point ``c_K`` (the
+    input's score). Cost and memory: as :func:`deletion`.
 
     Returns: as :func:`deletion`.
     """

@@ -14,13 +14,13 @@ from captum_paths.metrics._core._common import (
     TensorOrTuple,
     check_fraction_sequence,
     check_target,
+    empty_batch,
     evaluate_rows,
     group_attributions,
     group_ranks,
     prepare_inputs_and_attributions,
     score_function,
 )
-from captum_paths.metrics._core.fidelity import empty_batch
 
 __all__ = ["DiffIDResult", "diffid", "removed_counts", "DIFFID_SCORES"]
 

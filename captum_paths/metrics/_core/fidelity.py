@@ -9,19 +9,18 @@ from typing import Any, Callable, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from captum_paths.attr._utils.captum_compat import format_inputs
 from captum_paths.attr._utils.features import flatten_inputs
 from captum_paths.attr._utils.validation import (
     check_finite_inputs,
     check_generator,
     check_positive_int,
-    check_same_batch,
 )
 from captum_paths.baselines import resolve_baselines
 from captum_paths.metrics._core._common import (
     ScoreSpec,
     TensorOrTuple,
     check_target,
+    empty_batch,
     group_attributions,
     pearson,
     prepare_inputs_and_attributions,
@@ -63,20 +62,6 @@ def subset_count(subset_size: Union[int, float], n_features: int) -> int:
     if not (math.isfinite(subset_size) and 0 < subset_size <= 1):
         raise ValueError(f"a float `subset_size` is a fraction of the features in (0, 1], got {subset_size!r}")
     return max(1, int(round(subset_size * n_features)))
-
-
-def empty_batch(inputs: TensorOrTuple, attributions: TensorOrTuple) -> Optional[Tensor]:
-    """For ``N = 0`` examples: the checked, formatted first input (to build an empty result on its device
-    and dtype) after the structure checks that need no example; ``None`` when there are examples."""
-    inputs_t, attr_t = format_inputs(inputs, "inputs"), format_inputs(attributions, "attributions")
-    if check_same_batch(inputs_t, "inputs") > 0:
-        return None
-    if len(attr_t) != len(inputs_t) or any(a.shape != x.shape for a, x in zip(attr_t, inputs_t)):
-        raise ValueError(
-            f"`attributions` of shapes {[tuple(a.shape) for a in attr_t]} must have exactly the shapes of "
-            f"`inputs`: {[tuple(x.shape) for x in inputs_t]}"
-        )
-    return inputs_t[0]
 
 
 def _explicit_subsets(subsets: Any, n: int, n_groups: int, device) -> Tensor:

@@ -8,7 +8,7 @@ from typing import Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-__all__ = ["pointing_game", "boxes_to_masks", "attribution_peaks"]
+__all__ = ["pointing_game", "boxes_to_masks", "attribution_peaks", "peak_masks"]
 
 Regions = Union[Tensor, Sequence[Sequence[Sequence[float]]]]
 
@@ -16,8 +16,18 @@ Regions = Union[Tensor, Sequence[Sequence[Sequence[float]]]]
 def attribution_peaks(maps: Tensor) -> Tuple[Tensor, Tensor]:
     """Row and column of the maximum of every ``(N, H, W)`` map (the first in row-major order on ties)."""
     n, h, w = maps.shape
-    flat_index = maps.reshape(n, -1).argmax(dim=1)
+    flat_index = maps.reshape(n, h * w).argmax(dim=1)
     return flat_index // w, flat_index % w
+
+
+def peak_masks(maps: Tensor) -> Tensor:
+    """Every pixel where an ``(N, H, W)`` map reaches its maximum: ``(N, H, W)`` bool; all False for a
+    constant map (all-zero included), which points nowhere."""
+    n, h, w = maps.shape
+    flat = maps.reshape(n, h * w)
+    top = flat.amax(dim=1, keepdim=True) if h * w else flat[:, :0]
+    informative = (flat != top).any(dim=1, keepdim=True)
+    return ((flat == top) & informative).reshape(n, h, w)
 
 
 def boxes_to_masks(boxes: Regions, n: int, height: int, width: int, device) -> Tensor:
@@ -67,11 +77,17 @@ def pointing_game(
     r"""The pointing game: a hit when the attribution map's maximum lies on (or within ``tolerance``
     pixels of) the annotated region. The hit rate over a data set is ``hits.float().mean()``.
 
-    The map of an example is its attribution summed over channels for ``(N, C, H, W)`` attributions (or
-    taken as is for ``(N, H, W)``); its maximum point ``p`` (the first in row-major order on ties) is a hit
-    if some region pixel ``q`` satisfies ``||p - q||_2 <= tolerance`` (Zhang et al. use 15 pixels on
-    their image resolution; TorchRay's implementation uses a strict ``<``, which differs only at exact
-    integer distances).
+    The map ``M`` of an example is its attribution summed over channels for ``(N, C, H, W)`` attributions
+    (or taken as is for ``(N, H, W)``). With ``P = argmax M`` the set of its maximal pixels,
+
+    .. math:: \mathrm{hit} = [\min M < \max M] \wedge \forall p \in P\ \exists q \in \mathrm{region}:
+              \|p - q\|_2 \le \mathrm{tolerance}
+
+    (Zhang et al. use 15 pixels on their image resolution; TorchRay's implementation uses a strict ``<``,
+    which differs only at exact integer distances). **Tie rule**: a map whose maximum is shared by several
+    pixels is a hit only if every one of them is near the region (TorchRay takes the first in row-major
+    order, which lets a flat map score by the position of its first pixel); a constant map (all-zero
+    included) points nowhere and is never a hit. NaN or infinite attributions raise ``ValueError``.
 
     Args:
         attributions (Tensor): ``(N, H, W)`` or ``(N, C, H, W)`` attributions (e.g. a Captum output for
@@ -84,7 +100,7 @@ def pointing_game(
         absolute (bool): point with the absolute value of the channel sum. Default: False.
 
     Returns:
-        ``(N,)`` bool tensor of hits on the attributions' device.
+        ``(N,)`` bool tensor of hits on the attributions' device (empty for ``N = 0``). No model passes.
     """
     if not isinstance(attributions, Tensor):
         raise TypeError(f"`attributions` must be a torch.Tensor, got {type(attributions).__name__}")
@@ -94,6 +110,12 @@ def pointing_game(
         maps = attributions.detach()
     else:
         raise ValueError(f"`attributions` must have shape (N, H, W) or (N, C, H, W), got {tuple(attributions.shape)}")
+    if not torch.isfinite(maps).all():
+        bad = ~torch.isfinite(attributions.detach())
+        raise ValueError(
+            f"`attributions` must be finite, got {int(bad.sum())} NaN or infinite value(s) (the first at index "
+            f"{tuple(int(v) for v in bad.nonzero()[0])}); replace them (e.g. torch.nan_to_num) or drop those examples"
+        )
     if isinstance(tolerance, bool) or not isinstance(tolerance, Real) or not math.isfinite(tolerance) or tolerance < 0:
         raise ValueError(f"`tolerance` must be a non-negative number of pixels, got {tolerance!r}")
     if absolute:
@@ -115,9 +137,20 @@ def pointing_game(
             "`regions` must be a boolean (N, H, W) mask, a (N, 4) / (N, B, 4) box tensor or a list of "
             f"lists of boxes, got {type(regions).__name__}"
         )
-    row, col = attribution_peaks(maps)
-    ys = torch.arange(h, device=device).reshape(1, h, 1)
-    xs = torch.arange(w, device=device).reshape(1, 1, w)
-    dist2 = (ys - row.reshape(n, 1, 1)) ** 2 + (xs - col.reshape(n, 1, 1)) ** 2
-    near = dist2.to(torch.float64) <= float(tolerance) ** 2
-    return (near & masks).reshape(n, -1).any(dim=1)
+    return _every_peak_near(peak_masks(maps), masks, float(tolerance))
+
+
+def _every_peak_near(peaks: Tensor, masks: Tensor, tolerance: float) -> Tensor:
+    """``(N,)``: the example has a peak and every peak pixel lies within ``tolerance`` of a region pixel.
+
+    The region is dilated by the disk ``{d : ||d||_2 <= tolerance}`` (a convolution with that disk, counts
+    in float64, exact for integer counts), so the cost does not depend on the number of tied peaks."""
+    n, h, w = peaks.shape
+    r = min(int(math.floor(tolerance)), h + w)  # beyond h + w the disk covers the whole image anyway
+    d = torch.arange(-r, r + 1, device=peaks.device, dtype=torch.float64)
+    disk = ((d.reshape(-1, 1) ** 2 + d.reshape(1, -1) ** 2) <= tolerance**2).to(torch.float64)
+    counts = torch.nn.functional.conv2d(
+        masks.to(torch.float64).unsqueeze(1), disk.reshape(1, 1, 2 * r + 1, -1), padding=r
+    )
+    near = counts.squeeze(1) > 0.5
+    return peaks.reshape(n, h * w).any(dim=1) & (near | ~peaks).reshape(n, h * w).all(dim=1)

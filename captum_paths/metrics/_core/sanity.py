@@ -23,6 +23,7 @@ from captum_paths.attr._utils.progress import chunk_slices, progress_bar
 from captum_paths.attr._utils.rows import subset_additional_forward_args, subset_target
 from captum_paths.attr._utils.validation import check_generator, check_internal_batch_size, check_same_batch
 from captum_paths.metrics._core._common import (
+    check_finite,
     check_target,
     pearson,
     score_function,
@@ -197,6 +198,7 @@ class _Evaluator:
         self.inputs = tuple(x.detach() for x in format_inputs(inputs, "inputs"))
         self.is_tuple = isinstance(inputs, tuple)
         self.n = check_same_batch(self.inputs, "inputs")
+        check_finite(self.inputs, "inputs")
         check_target(target, self.n)
         self.target = target
         self.afa = format_additional_forward_args(additional_forward_args)
@@ -228,6 +230,7 @@ class _Evaluator:
                     "`attribute_fn` must return attributions of the inputs' shapes, got "
                     f"{[tuple(ai.shape) for ai in a]} for inputs {[tuple(xi.shape) for xi in x]}"
                 )
+            check_finite(a, "attributions returned by attribute_fn")
             attrs.append(flatten_inputs(tuple(ai.detach() for ai in a)))
         return torch.cat(attrs), torch.cat(scores), torch.cat(top1)
 
@@ -245,12 +248,27 @@ def _resolve_target(target, model, evaluator: "_Evaluator"):
 
 def _sanity_check(model, evaluator, target, damaged_models, labels_out, values, show_progress, desc):
     """Explain with the original model, then with every damaged copy; compare. The model is never touched."""
+    if evaluator.n == 0:  # no example: empty per-example tensors, no model copy, no model pass
+        return _empty_sanity_result(evaluator, labels_out, values)
     reference_model = copy.deepcopy(model)  # even a forward pass may change a model (BatchNorm in train mode)
     evaluator.target = _resolve_target(target, reference_model, evaluator)
     sp_abs, sp, pe_abs, ssim, scores, agreement, accuracy = _run_steps(
         reference_model, evaluator, damaged_models, labels_out, show_progress, desc
     )
     return SanityCheckResult(labels_out, sp_abs, sp, pe_abs, ssim, scores, agreement, accuracy, values)
+
+
+def _empty_sanity_result(evaluator, labels_out, values) -> SanityCheckResult:
+    """The result for ``N = 0``: ``(S + 1, 0)`` per-example tensors, ``nan`` agreement and accuracy."""
+    first = evaluator.inputs[0]
+    empty = torch.empty((len(labels_out), 0), dtype=torch.float64, device=first.device)
+    image = len(evaluator.inputs) == 1 and first.dim() == 4 and min(first.shape[-2:]) >= 7
+    nan = torch.full((len(labels_out),), float("nan"), dtype=torch.float64, device=first.device)
+    accuracy = nan.clone() if evaluator.labels is not None else None
+    ssim = empty.clone() if image else None
+    return SanityCheckResult(
+        labels_out, empty, empty.clone(), empty.clone(), ssim, empty.clone(), nan, accuracy, values
+    )
 
 
 def _run_steps(reference_model, evaluator, damaged_models, labels_out, show_progress, desc):
@@ -349,7 +367,13 @@ def model_randomization_check(
 
     Returns:
         :class:`SanityCheckResult`; ``values[k]`` is the number of layers randomised at step ``k``
-        (cascading) or ``k`` (independent: the index of the single randomised layer, 1-based).
+        (cascading) or ``k`` (independent: the index of the single randomised layer, 1-based). ``N = 0``
+        gives ``(S + 1, 0)`` tensors and ``nan`` agreement without copying or calling the model.
+
+    Cost: ``S + 1`` attribution calls and forward passes of the ``N`` examples (``S`` = number of
+    ``layers``), each in chunks of ``max_examples_per_batch``. NaN or infinite ``inputs`` raise
+    ``ValueError`` before any model pass; NaN or infinite attributions returned by ``attribute_fn`` raise
+    ``ValueError`` as soon as they appear.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")

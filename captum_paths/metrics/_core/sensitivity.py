@@ -15,6 +15,7 @@ from captum_paths.metrics._core._common import (
     TensorOrTuple,
     check_target,
     evaluate_rows,
+    flatten_rows,
     group_attributions,
     pearson,
     prepare_inputs_and_attributions,
@@ -172,6 +173,10 @@ def sensitivity_n(
         show_progress (bool): tqdm progress over forward batches. Default: False.
         score: ``"logit"`` (Ancona et al.'s output), ``"softmax"`` or a callable ``(output, target)``.
 
+    Inputs and attributions must be finite (``ValueError`` naming the argument otherwise); every check runs
+    before the first model pass. Cost: ``N (1 + len(n) n_subsets)`` model rows; ``N = 0`` gives an empty
+    result without calling the model.
+
     Returns:
         ``(N,)`` for an int ``n``; ``(N, len(n))`` for a sequence, on the inputs' device.
     """
@@ -188,7 +193,7 @@ def sensitivity_n(
     gen = check_generator(generator)
     detached = tuple(x.detach() for x in inputs_t)
     device = detached[0].device
-    baseline_flat = flatten_inputs(resolve_baselines(baselines, detached, name="baselines", generator=gen))
+    baseline_flat = flatten_rows(resolve_baselines(baselines, detached, name="baselines", generator=gen))
     group_attr = group_attributions(flat_attr, ids, n_groups)
 
     n_sizes = len(sizes)
