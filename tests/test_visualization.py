@@ -38,7 +38,7 @@ def images():
 
 def test_samp_path_figure_shows_snapshots_attributions_and_the_score_curve(images):
     model = TinyCNN().eval()
-    _, path = SampAttribution(model).attribute(images, target=1, step_size=8, return_path=True, insertion_start="zeros")
+    _, path = SampAttribution(model).attribute(images, target=1, features_per_step=8, return_path=True, insertion_start="zeros")
     fig, axes = visualize_samp_path(path, example=1, direction="insertion", use_pyplot=False)
     n_snap = len(path.snapshot_fractions)
     assert isinstance(fig, Figure) and axes.shape == (3, n_snap)
@@ -60,7 +60,7 @@ def test_ablation_path_figure_marks_where_the_class_is_lost(images):
     from captum_paths import AblationPath
 
     model = TinyCNN().eval()
-    _, result = AblationPath(model).attribute(images, target=0, n_points=6, iterations=2, return_path=True)
+    _, result = AblationPath(model).attribute(images, target=0, n_steps=5, n_iterations=2, return_path=True)
     fig, axes = visualize_ablation_path(result, example=0, n_masks=4, use_pyplot=False)
     assert axes.shape == (2, 4)
     strip = [np.asarray(ax.get_images()[0].get_array()) for ax in axes[0]]
