@@ -19,6 +19,7 @@ from captum_paths.metrics._core._common import (
     group_attributions,
     group_ranks,
     prepare_inputs_and_attributions,
+    rows_per_pass,
     score_function,
 )
 
@@ -284,7 +285,8 @@ def diffid(
             number, a tensor, a ``Baseline`` such as ``Mean()`` for the per-channel image mean, or a
             callable of the input). Default: ``"mean"``.
         max_examples_per_batch (int, optional): at most this many perturbed inputs per forward pass.
-            Default: None (all ``N (2 R + 1)`` at once).
+            Default: None, ``clamp(2**18 // D, 8, 256)`` rows for ``D``
+            input elements per example (see ``default_rows_per_pass`` in ``captum_paths.metrics._core._common``).
         show_progress (bool): tqdm progress over forward batches. Default: False.
         absolute (bool): rank by absolute attributions (LPI). Default: True.
         generator (int or torch.Generator, optional): seed for a random ``fill``. Default: None.
@@ -308,7 +310,7 @@ def diffid(
         target,
         additional_forward_args,
         _output_reducer(score),
-        max_examples_per_batch,
+        rows_per_pass(max_examples_per_batch, game.inputs),
         show_progress,
         desc="diffid",
     ).reshape(n, per_example, 2)

@@ -167,7 +167,7 @@ def mu_fidelity(
     correlation: Union[str, Callable[[Tensor, Tensor], Tensor]] = "pearson",
     nan_to: Optional[float] = None,
     score: ScoreSpec = "logit",
-    max_examples_per_batch: Optional[int] = 64,
+    max_examples_per_batch: Optional[int] = None,
     show_progress: bool = False,
     generator: Union[None, int, torch.Generator] = None,
 ) -> Tensor:
@@ -230,7 +230,8 @@ def mu_fidelity(
             None (keep ``nan``, as Quantus does).
         score: ``"logit"`` (both peers' default), ``"softmax"`` or a callable ``(output, target)``.
         max_examples_per_batch (int, optional): at most this many perturbed inputs per forward pass
-            (None: all ``S`` subsets of a block of examples at once). Default: 64 (both peers' batch size).
+            (the peers' batch size is 64). Default: None, ``clamp(2**18 // D, 8, 256)`` rows for ``D``
+            input elements per example (see ``default_rows_per_pass`` in ``captum_paths.metrics._core._common``).
         show_progress (bool): tqdm progress over forward batches. Default: False.
         generator (int or torch.Generator, optional): seed of the subsets (and of a random baseline); the
             global RNG is untouched when one is given. Default: None (the global RNG).

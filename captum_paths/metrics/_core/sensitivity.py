@@ -19,6 +19,7 @@ from captum_paths.metrics._core._common import (
     group_attributions,
     pearson,
     prepare_inputs_and_attributions,
+    rows_per_pass,
     score_function,
 )
 
@@ -97,7 +98,7 @@ def subset_sums_and_drops(
                 target,
                 additional_forward_args,
                 score_fn,
-                max_examples_per_batch,
+                rows_per_pass(max_examples_per_batch, inputs),
                 show_progress and len(blocks) == 1,
                 desc=desc,
             ).reshape(len(examples), n_subsets)
@@ -169,7 +170,8 @@ def sensitivity_n(
         n_subsets (int): random subsets per example and size (at least 2). Default: 100.
         generator (int or torch.Generator, optional): seed of the subsets (and of a random baseline).
         max_examples_per_batch (int, optional): at most this many perturbed inputs per forward pass.
-            Default: None (every subset of every size of a block of examples at once).
+            Default: None, ``clamp(2**18 // D, 8, 256)`` rows for ``D``
+            input elements per example (see ``default_rows_per_pass`` in ``captum_paths.metrics._core._common``).
         show_progress (bool): tqdm progress over forward batches. Default: False.
         score: ``"logit"`` (Ancona et al.'s output), ``"softmax"`` or a callable ``(output, target)``.
 
