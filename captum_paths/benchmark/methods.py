@@ -43,6 +43,7 @@ METHOD_NAMES = (
     "smoothgrad",
     "deeplift",
     "gradcam",
+    "lime",
     "saliency",
     "ixg",
     "random",
@@ -310,6 +311,43 @@ def _gradcam_build(model: nn.Module, ctx: MethodContext) -> Explain:
     return explain
 
 
+def grid_feature_mask(height: int, width: int, cell: int, device=None) -> Tensor:
+    """``(1, 1, H, W)`` superpixel ids of ``cell x cell`` squares, row-major (LIME's interpretable features)."""
+    rows = torch.arange(height, device=device) // cell
+    cols = torch.arange(width, device=device) // cell
+    per_row = (width + cell - 1) // cell
+    return (rows.reshape(-1, 1) * per_row + cols.reshape(1, -1)).reshape(1, 1, height, width)
+
+
+def _lime_build(n_samples: int, cell: int):
+    def build(model: nn.Module, ctx: MethodContext) -> Explain:
+        # LIME (Ribeiro et al. 2016) as Captum implements it (Lasso alpha 0.01, exponential cosine kernel),
+        # on square superpixels, one example at a time (one interpretable model each), seeded per image
+        import warnings
+
+        from captum.attr import Lime
+
+        lime = Lime(model)
+        torch.manual_seed(ctx.seed)
+
+        def explain(x: Tensor, target: Tensor) -> Tensor:
+            mask = grid_feature_mask(x.shape[-2], x.shape[-1], cell, x.device)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*interpretable model.*")
+                parts = [
+                    lime.attribute(
+                        x[i : i + 1], target=target[i : i + 1], feature_mask=mask, n_samples=n_samples,
+                        perturbations_per_eval=n_samples,
+                    )
+                    for i in range(x.shape[0])
+                ]  # fmt: skip
+            return torch.cat(parts)
+
+        return explain
+
+    return build
+
+
 def _saliency_build(model: nn.Module, ctx: MethodContext) -> Explain:
     from captum.attr import Saliency
 
@@ -452,6 +490,12 @@ def _captum_specs(quick: bool) -> list:
         MethodSpec("deeplift", "DeepLift", {"baseline": "zeros"}, _deeplift_build),
         MethodSpec(
             "gradcam", "Grad-CAM", {"layer": "last Conv2d", "upsampling": "bilinear", "relu": True}, _gradcam_build
+        ),
+        MethodSpec(
+            "lime",
+            "LIME",
+            {"n_samples": 50 if quick else 200, "superpixels": "4x4 squares", "model": "Captum Lasso(0.01)"},
+            _lime_build(50 if quick else 200, 4),
         ),
         MethodSpec("saliency", "Saliency", {"abs": True}, _saliency_build),
         MethodSpec("ixg", "InputXGradient", {}, _ixg_build),
