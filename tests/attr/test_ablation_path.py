@@ -370,3 +370,24 @@ def test_bad_inputs(digits, digits_cnn):
     assert model.calls == 0
     with pytest.raises(ValueError, match="softmax"):
         AblationPath(lambda x: digits_cnn(x)[:, 0]).attribute(digits.x_test[:1], **FAST)
+
+
+def test_optimisation_state_is_bounded_by_internal_batch_size(digits, digits_cnn64, monkeypatch):
+    """Examples are optimised in groups of internal_batch_size // (T - 2): the state never holds more."""
+    from captum_paths.attr._core import ablation_path as module
+
+    sizes = []
+    original = module._Optimiser.__init__
+
+    def recording(self, call, options, geometry, examples):
+        sizes.append(examples.stop - examples.start)
+        original(self, call, options, geometry, examples)
+
+    monkeypatch.setattr(module._Optimiser, "__init__", recording)
+    x = digits.x_test[:5].double()
+    grouped = AblationPath(digits_cnn64).attribute(x, target=1, n_steps=4, n_iterations=2, internal_batch_size=6)
+    assert sizes == [2, 2, 1]  # 6 // (5 - 2) = 2 examples at a time
+    sizes.clear()
+    together = AblationPath(digits_cnn64).attribute(x, target=1, n_steps=4, n_iterations=2, internal_batch_size=100)
+    assert sizes == [5]
+    torch.testing.assert_close(grouped, together, rtol=0, atol=1e-10)
