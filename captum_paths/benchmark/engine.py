@@ -181,6 +181,8 @@ class RunOptions:
 
 @dataclass(frozen=True)
 class Task:
+    """One method on one chunk (``batch_size`` consecutive image indices) of one evaluation set."""
+
     method: str
     set_name: str
     chunk: int

@@ -274,7 +274,7 @@ def _cached_cnn(name: str, split, in_channels: int, n_classes: int, train_cfg, c
             data=(split.x_train, split.y_train, split.x_test, split.y_test),
             cache_dir=cfg.cache_dir,
             use_cache=use_cache,
-            log=print if dist.is_main else None,
+            log=print if dist.is_main else (lambda m: print(f"[rank {dist.rank}] {m}")),  # a rank that trains says so
         )
 
     if cfg.use_cache or not dist.distributed:
