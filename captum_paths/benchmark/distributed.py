@@ -72,7 +72,11 @@ class DistInfo:
             torch.distributed.barrier(group=self.object_group)
 
     def broadcast(self, obj: T) -> T:
-        """Rank 0's ``obj`` on every rank (pickled over gloo)."""
+        """Rank 0's ``obj`` on every rank (pickled over gloo).
+
+        Args:
+            obj: any picklable object (ignored on ranks other than 0).
+        """
         if not self.distributed:
             return obj
         box = [obj]
@@ -80,7 +84,11 @@ class DistInfo:
         return box[0]
 
     def gather(self, obj: Any) -> Optional[List[Any]]:
-        """Every rank's ``obj``, in rank order, on rank 0; ``None`` on the other ranks."""
+        """Every rank's ``obj``, in rank order, on rank 0; ``None`` on the other ranks.
+
+        Args:
+            obj: any picklable object.
+        """
         if not self.distributed:
             return [obj]
         out = [None] * self.world_size if self.is_main else None
@@ -89,7 +97,11 @@ class DistInfo:
 
     def rank0_first(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on rank 0, then (after a barrier) on the other ranks: rank 0 trains and caches,
-        the others find the cached copy and load it."""
+        the others find the cached copy and load it.
+
+        Args:
+            fn (callable): called with no arguments on every rank, rank 0 first.
+        """
         if not self.distributed:
             return fn()
         if self.is_main:

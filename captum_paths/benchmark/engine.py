@@ -81,7 +81,12 @@ N_SHOW = 6  # images of the attribution figure
 
 
 def protocols_for(image_size: int, n_features: int) -> Dict[str, Any]:
-    """Every knob of the metric protocols on ``image_size x image_size`` images (recorded in the results)."""
+    """Every knob of the metric protocols (recorded in the results).
+
+    Args:
+        image_size (int): image width in pixels; 128 or more selects the ImageNet-sized knobs.
+        n_features (int): pixels per image (recorded).
+    """
     large = image_size >= 128
     blur = (31, 5.0) if large else (11, 5.0)
     return {
@@ -193,12 +198,22 @@ class Task:
 
 
 def image_seed(seed: int, index: int) -> int:
-    """A 32-bit seed from ``(seed, image index)`` only (numpy's SeedSequence mixing)."""
+    """A 32-bit seed from ``(seed, image index)`` only (numpy's SeedSequence mixing).
+
+    Args:
+        seed (int): the run's seed.
+        index (int): the image index (position in the evaluated set).
+    """
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint32)[0])
 
 
 def _reseed(explain: Callable, seed: int) -> None:
-    """Seed the global generators and every ``torch.Generator`` ``explain`` closes over."""
+    """Seed the global generators and every ``torch.Generator`` ``explain`` closes over.
+
+    Args:
+        explain (callable): a method's ``explain(inputs, target)`` closure.
+        seed (int): the seed.
+    """
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
@@ -212,7 +227,12 @@ def _reseed(explain: Callable, seed: int) -> None:
 
 
 def plan_tasks(workload: Workload, batch_size: int) -> List[Task]:
-    """Every task of the run, in a fixed order: method, then set, then chunk."""
+    """Every task of the run, in a fixed order: method, then set, then chunk.
+
+    Args:
+        workload (Workload): sets and methods.
+        batch_size (int): images per chunk.
+    """
     out = []
     for method in workload.methods:
         for s in workload.sets:
@@ -222,7 +242,11 @@ def plan_tasks(workload: Workload, batch_size: int) -> List[Task]:
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of the model's class, module tree and every parameter and buffer."""
+    """SHA-256 of the model's class, module tree and every parameter and buffer.
+
+    Args:
+        model (nn.Module): the model.
+    """
     h = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}\n{model!r}".encode())
     for name, t in model.state_dict().items():
         t = t.detach().cpu().contiguous()
@@ -544,7 +568,13 @@ def merge(records: Dict[str, Dict[str, Any]], workload: Workload, batch_size: in
 
 
 def shown_attributions(shown: Dict[str, Tensor], workload: Workload, batch_size: int) -> Dict[str, Tensor]:
-    """The attributions of the first images of the main set, by method (for the figure)."""
+    """The attributions of the first images of the main set, by method (for the figure).
+
+    Args:
+        shown (dict): attributions of the shown images by task key.
+        workload (Workload): sets and methods.
+        batch_size (int): images per chunk.
+    """
     main = workload.sets[0]
     n_show = min(N_SHOW, len(main.source))
     out = {}
@@ -556,7 +586,13 @@ def shown_attributions(shown: Dict[str, Tensor], workload: Workload, batch_size:
 
 
 def log_summary(name: str, entry: Dict[str, Any], log: Callable[[str], None]) -> None:
-    """One line per method: the means of its metrics and its cost."""
+    """One line per method: the means of its metrics and its cost.
+
+    Args:
+        name (str): the method's name.
+        entry (dict): its merged entry (label, summary, seconds_per_image).
+        log (callable): prints the line.
+    """
     s = entry["summary"]
     parts = []
     for key, text, fmt in (
@@ -573,7 +609,13 @@ def log_summary(name: str, entry: Dict[str, Any], log: Callable[[str], None]) ->
 
 
 def environment(device, dist: DistInfo, rank_seconds: List[Tuple[float, float]]) -> Dict[str, Any]:
-    """Versions, device, threads and the ranks' (wall, CPU) compute seconds, for the results."""
+    """Versions, device, threads and the ranks' (wall, CPU) compute seconds, for the results.
+
+    Args:
+        device (torch.device): this rank's device.
+        dist (DistInfo): the process group's size and backend.
+        rank_seconds (list of (float, float)): each rank's wall and CPU seconds of its share.
+    """
     import platform
 
     import captum

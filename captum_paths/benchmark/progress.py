@@ -37,7 +37,12 @@ class SettingsMismatch(ValueError):
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    Args:
+        path (Path): the destination.
+        text (str): the content (UTF-8).
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
     try:
@@ -53,7 +58,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace``."""
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace``.
+
+    Args:
+        obj: tensors and plain containers (so that ``torch.load(weights_only=True)`` reads them).
+        path (Path): the destination.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
     os.close(fd)
@@ -147,7 +157,11 @@ class ProgressStore:
         return records
 
     def append(self, records: Iterable[Dict[str, Any]]) -> None:
-        """Append records to this rank's file: one write, flushed and fsync-ed."""
+        """Append records to this rank's file: one write, flushed and fsync-ed.
+
+        Args:
+            records (iterable of dict): JSON-serialisable records, each with a ``"key"``.
+        """
         text = "".join(json.dumps(r, allow_nan=True) + "\n" for r in records)
         if not text:
             return
@@ -164,16 +178,24 @@ class ProgressStore:
             os.fsync(f.fileno())
 
     def attribution_path(self, key: str) -> Path:
+        """The file of a task's shown attributions (``key`` is the task key)."""
         return self.root / f"attr-{key.replace('/', '_')}.pt"
 
     def save_attributions(self, key: str, indices: List[int], attributions: torch.Tensor) -> None:
-        """Keep the attributions of some images of a chunk (for the figures)."""
+        """Keep the attributions of some images of a chunk (for the figures).
+
+        Args:
+            key (str): the task key.
+            indices (list of int): the image indices of the rows of ``attributions``.
+            attributions (Tensor): their attributions.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_torch_save(
             {"indices": list(indices), "attributions": attributions.detach().cpu()}, self.attribution_path(key)
         )
 
     def load_attributions(self, key: str) -> Optional[Dict[str, Any]]:
+        """What :meth:`save_attributions` kept for task ``key`` (``weights_only=True``), or None."""
         path = self.attribution_path(key)
         if not path.exists():
             return None

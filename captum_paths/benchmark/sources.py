@@ -29,7 +29,11 @@ class ImageSource:
         raise NotImplementedError
 
     def get(self, indices: Sequence[int]) -> Tuple[Tensor, Optional[Tensor]]:
-        """Images ``(len(indices), C, H, W)`` and their labels (``None`` when the data has none)."""
+        """Images ``(len(indices), C, H, W)`` and their labels (``None`` when the data has none).
+
+        Args:
+            indices (sequence of int): image indices.
+        """
         raise NotImplementedError
 
     def fingerprint(self) -> str:
