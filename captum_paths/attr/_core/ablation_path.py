@@ -428,16 +428,20 @@ class AblationPath(PathAttribution):
         per_chunk = call.n_examples
         if call.internal_batch_size is not None:
             per_chunk = max(1, call.internal_batch_size // (options.n_points - 2))
-        results = [
-            _Optimiser(call, options, geometry, chunk).run() for chunk in chunk_slices(call.n_examples, per_chunk)
-        ]
-        result = results[0] if len(results) == 1 else _concatenate(results)
-        quadrature = trapezoid_weights(options.n_points, result.group_masks.dtype, result.group_masks.device)
-        saliency_groups = (quadrature.unsqueeze(-1) * (1 - result.group_masks)).sum(dim=1)
-        flat = torch.gather(saliency_groups, 1, group_ids)
-        attributions = tuple(a.to(x.dtype) for a, x in zip(unflatten_inputs(flat, inputs), inputs))
+        device = inputs[0].device
+        dtype = torch.float32 if device.type == "mps" else torch.float64  # the masks' dtype
+        flat = torch.empty(group_ids.shape, dtype=dtype, device=device)
+        results = []
+        for chunk in chunk_slices(call.n_examples, per_chunk):
+            result = _Optimiser(call, options, geometry, chunk).run()
+            # the saliency of the group, then its masks are dropped unless the path is asked for
+            flat[chunk] = torch.gather(_saliency(result.group_masks, options.n_points), 1, group_ids[chunk])
+            if call.need_path:
+                results.append(result)
+        attributions = unflatten_inputs(flat, inputs)
         if not call.need_path:
             return PathOutput(attributions)
+        result = results[0] if len(results) == 1 else _concatenate(results)
         result.masks, result.threshold_mask, result.drop_mask = (
             _element_masks(result.group_masks, group_ids, inputs),
             None,
@@ -452,6 +456,12 @@ class AblationPath(PathAttribution):
                 result.drop_mask[0],
             )
         return PathOutput(attributions, None, result)
+
+
+def _saliency(group_masks: Tensor, n_points: int) -> Tensor:
+    """``int_0^1 (1 - phi(t)) dt`` per group by the trapezoid rule: ``(n, T, G)`` masks to ``(n, G)``."""
+    quadrature = trapezoid_weights(n_points, group_masks.dtype, group_masks.device)
+    return torch.einsum("t,ntg->ng", quadrature, 1 - group_masks)
 
 
 def _concatenate(results: List[AblationPathResult]) -> AblationPathResult:
