@@ -16,7 +16,7 @@ Built on matplotlib and consistent with :mod:`captum.attr.visualization`: every 
 * :func:`plot_attribution_grid`: images x methods (the benchmark's figure).
 """
 
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -26,6 +26,8 @@ __all__ = [
     "visualize_samp_path",
     "visualize_ablation_path",
     "plot_attribution_grid",
+    "method_styles",
+    "curves_legend_title",
 ]
 
 
@@ -75,7 +77,14 @@ def _imshow(ax, image: Any) -> None:
 
 
 def _attr_panel(
-    ax, fig, attribution: Any, image: Any = None, sign: str = "all", method: str = "heat_map", outlier_perc: float = 2
+    ax,
+    fig,
+    attribution: Any,
+    image: Any = None,
+    sign: str = "all",
+    method: str = "heat_map",
+    outlier_perc: float = 2,
+    cmap: Any = None,
 ) -> None:
     import warnings
 
@@ -89,7 +98,14 @@ def _attr_panel(
         with warnings.catch_warnings():  # near-zero maps make Captum warn about normalising by ~0
             warnings.simplefilter("ignore")
             viz.visualize_image_attr(
-                attr, img, method=method, sign=sign, plt_fig_axis=(fig, ax), outlier_perc=outlier_perc, use_pyplot=False
+                attr,
+                img,
+                method=method,
+                sign=sign,
+                plt_fig_axis=(fig, ax),
+                outlier_perc=outlier_perc,
+                cmap=cmap,
+                use_pyplot=False,
             )
     except AssertionError:
         # Captum refuses to normalise a map with nothing to show under ``sign`` (e.g. all zeros,
@@ -101,12 +117,31 @@ def _attr_panel(
 
 # ------------------------------------------------------------------------------------------ curves
 
+_LINE_STYLES = ("-", "--", ":")  # with 10 colours, a (colour, style) pair is unique for 30 methods
 
-def _curve_arrays(value: Any) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[float]]:
-    """Accepts ``(fractions, curves)`` or the ``(auc, curves, fractions)`` of the metrics'
-    ``return_curves=True``; ``curves`` is ``(K+1,)`` or ``(N, K+1)``. Returns x, mean, std, auc."""
+
+def method_styles(names: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    """Line styles that tell up to 30 methods apart: the i-th name gets colour ``C{i % 10}`` of the
+    ``tab10`` cycle and line style ``i % 3`` of solid, dashed, dotted, so that neighbours (e.g. SAMP
+    and SAMP++) differ in both colour and style. Pass the same ``names`` for every panel of a figure."""
+    from matplotlib import colormaps
+
+    colours = colormaps["tab10"].colors
+    return {
+        name: {"color": colours[i % 10], "linestyle": _LINE_STYLES[i % 3], "linewidth": 1.6}
+        for i, name in enumerate(names)
+    }
+
+
+def _curve_arrays(value: Any, band: Optional[str] = "std"):
+    """Accepts ``(fractions, curves)``, the ``(auc, curves, fractions)`` of the metrics'
+    ``return_curves=True`` (``curves`` is ``(K+1,)`` or ``(N, K+1)``), or a mapping with
+    ``fractions``, ``mean`` and optionally ``std`` (the benchmark's aggregated curves).
+    Returns x, the mean curve, the band ``(low, high)`` or None, the AUC or None and N or None."""
+    if isinstance(value, Mapping):
+        return _curve_from_summary(value, band)
     if not isinstance(value, (tuple, list)) or len(value) not in (2, 3):
-        raise TypeError("each curve must be (fractions, curves) or (auc, curves, fractions)")
+        raise TypeError("each curve must be (fractions, curves), (auc, curves, fractions) or a mapping with 'mean'")
     auc = None
     if len(value) == 3:
         auc_v, curves, fractions = value
@@ -115,15 +150,70 @@ def _curve_arrays(value: Any) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarr
         fractions, curves = value
     x = _to_numpy(fractions).reshape(-1)
     c = _to_numpy(curves)
-    if c.ndim == 1:
-        mean, std = c, None
-    elif c.ndim == 2:
-        mean, std = c.mean(0), (c.std(0) if c.shape[0] > 1 else None)
-    else:
+    if c.ndim not in (1, 2):
         raise ValueError(f"curves must be (K+1,) or (N, K+1), got shape {c.shape}")
+    if c.shape[-1] != x.shape[0]:
+        raise ValueError(f"{x.shape[0]} fractions but curves have {c.shape[-1]} points")
+    if c.ndim == 1:
+        return x, c, None, auc, None
+    return x, c.mean(0), _band(c, band), auc, c.shape[0]
+
+
+def _band(c: np.ndarray, band: Optional[str]):
+    if band is None or c.shape[0] < 2:
+        return None
+    if band == "std":
+        mean, std = c.mean(0), c.std(0)
+        return mean - std, mean + std
+    return np.percentile(c, 25, axis=0), np.percentile(c, 75, axis=0)
+
+
+def _curve_from_summary(value: Mapping[str, Any], band: Optional[str]):
+    if "fractions" not in value or "mean" not in value:
+        raise TypeError("a curve given as a mapping needs 'fractions' and 'mean' (and optionally 'std')")
+    x = _to_numpy(value["fractions"]).reshape(-1)
+    mean = _to_numpy(value["mean"]).reshape(-1)
     if mean.shape[0] != x.shape[0]:
         raise ValueError(f"{x.shape[0]} fractions but curves have {mean.shape[0]} points")
-    return x, mean, std, auc
+    if band == "iqr":
+        raise ValueError("band='iqr' needs per-example curves (N, K+1); a mean/std summary only allows band='std'")
+    spread = None
+    if band == "std" and value.get("std") is not None:
+        std = _to_numpy(value["std"]).reshape(-1)
+        spread = (mean - std, mean + std)
+    n = value.get("n")
+    return x, mean, spread, None, (int(n) if n is not None else None)
+
+
+_BAND_TEXT = {"std": "± 1 std over images", "iqr": "interquartile range over images"}
+
+
+def curves_legend_title(
+    band: Optional[str], n_images: Optional[int], band_methods: Optional[Sequence[str]] = None
+) -> str:
+    """What the lines and bands of :func:`plot_insertion_deletion_curves` show, e.g.
+    ``"n = 6 images; lines: mean, band: ± 1 std over images"`` (``band_methods``: the methods with a
+    band, when not all have one)."""
+    what = "lines: mean over images"
+    if band and (band_methods is None or band_methods):
+        what = f"lines: mean, band: {_BAND_TEXT[band]}"
+        if band_methods is not None:
+            what += f"\n(band for {', '.join(band_methods)} only)"
+    return f"n = {n_images} images; {what}" if n_images else what
+
+
+def _place_legend(ax, legend: Any, owns_figure: bool, title: Optional[str]) -> None:
+    if legend in (None, False):
+        return
+    if legend == "auto":
+        legend = "outside" if owns_figure else "inside"
+    common = {"fontsize": "small", "title": title, "title_fontsize": "small", "alignment": "left"}
+    if legend == "outside":  # to the right of the axis, clear of the data
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **common)
+    elif legend == "inside":
+        ax.legend(**common)
+    else:
+        raise ValueError(f"`legend` must be 'auto', 'outside', 'inside' or None, got {legend!r}")
 
 
 def plot_insertion_deletion_curves(
@@ -135,46 +225,81 @@ def plot_insertion_deletion_curves(
     show_std: bool = True,
     fig_size: Tuple[float, float] = (6, 4),
     use_pyplot: bool = True,
+    band: Optional[str] = "std",
+    legend: Optional[str] = "auto",
+    styles: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    n_images: Optional[int] = None,
+    band_methods: Optional[Sequence[str]] = None,
 ):
-    """Insertion or deletion curves of several methods on one axis.
+    """Insertion or deletion curves of several methods on one axis: the mean over examples, a
+    spread band, and a legend whose title says what the band is and over how many images.
 
     Args:
-        curves (mapping): method name -> ``(fractions, curves)`` or the ``(auc, curves, fractions)``
+        curves (mapping): method name -> ``(fractions, curves)``, the ``(auc, curves, fractions)``
             returned by :func:`captum_paths.metrics.deletion` / ``insertion`` with
-            ``return_curves=True``. ``curves`` is one curve ``(K+1,)`` or one per example
-            ``(N, K+1)`` (the mean is drawn, with a band of one std when ``show_std``). With an AUC
-            the legend shows it.
+            ``return_curves=True``, or a mapping ``{"fractions", "mean", "std"(, "n")}`` (curves
+            already aggregated, as the benchmark stores them). ``curves`` is one curve ``(K+1,)`` or
+            one per example ``(N, K+1)``. With an AUC the legend shows it.
         plt_fig_axis (tuple, optional): ``(figure, axis)`` to draw on.
         title, xlabel, ylabel (str): labels.
-        show_std (bool): shade mean ± std over examples.
+        show_std (bool): draw the band at all (kept for compatibility; ``band=None`` does the same).
         fig_size (tuple): size of a new figure.
         use_pyplot (bool): as in :mod:`captum.attr.visualization`.
+        band (str or None): ``"std"`` (mean ± 1 std over examples, default), ``"iqr"`` (25th to
+            75th percentile; needs per-example curves) or ``None``.
+        legend (str or None): ``"outside"`` (right of the axis, clear of the data), ``"inside"``
+            (matplotlib's best place), ``None`` (none: e.g. for one shared legend per figure) or
+            ``"auto"`` (default: outside on a figure made here, inside on a given axis, where a
+            legend outside could cover the caller's other panels).
+        styles (mapping, optional): method name -> keyword arguments of ``ax.plot`` (colour,
+            line style, ...); default :func:`method_styles` of the names in order.
+        n_images (int, optional): the number of images behind the curves, for the legend title;
+            default: N of the per-example curves (or the ``"n"`` of the mappings) when known.
+        band_methods (sequence of str, optional): the methods that get a band (default: all); with
+            many methods, bands on a few (e.g. the two a claim compares) keep the lines readable.
 
     Returns:
         ``(figure, axis)``.
     """
     if not curves:
         raise ValueError("`curves` is empty: pass at least one method's curve")
+    if band not in (None, "std", "iqr"):
+        raise ValueError(f"`band` must be 'std', 'iqr' or None, got {band!r}")
+    band = band if show_std else None
     if plt_fig_axis is not None:
         fig, ax = plt_fig_axis
     else:
         fig, axes = _new_figure(fig_size, use_pyplot)
         ax = axes[0, 0]
+    styles = {**method_styles(list(curves)), **(styles or {})}
+    counts = []
     for name, value in curves.items():
-        x, mean, std, auc = _curve_arrays(value)
-        label = f"{name} (AUC {auc:.3f})" if auc is not None else str(name)
-        (line,) = ax.plot(x, mean, label=label)
-        if show_std and std is not None:
-            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15, linewidth=0)
+        with_band = band if band_methods is None or name in band_methods else None
+        counts.append(_draw_curve(ax, name, value, with_band, styles.get(name, {})))
+    known = [c for c in counts if c is not None]
+    n_images = n_images if n_images is not None else (known[0] if known and len(set(known)) == 1 else None)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_xlim(0, 1)
     if title:
         ax.set_title(title)
-    ax.legend(fontsize="small")
+    banded = None if band_methods is None else [n for n in curves if n in band_methods]
+    _place_legend(ax, legend, plt_fig_axis is None, curves_legend_title(band, n_images, banded))
     if plt_fig_axis is None:
         _show(use_pyplot)
     return fig, ax
+
+
+def _draw_curve(ax, name: str, value: Any, band: Optional[str], style: Mapping[str, Any]) -> Optional[int]:
+    x, mean, spread, auc, n = _curve_arrays(value, band)
+    label = f"{name} (AUC {auc:.3f})" if auc is not None else str(name)
+    (line,) = ax.plot(x, mean, label=label, **style)
+    if spread is not None:
+        from matplotlib.colors import to_rgba
+
+        colour = line.get_color()  # thin edges in the line's colour: overlapping bands stay attributable
+        ax.fill_between(x, *spread, facecolor=to_rgba(colour, 0.12), edgecolor=to_rgba(colour, 0.6), linewidth=0.6)
+    return n
 
 
 # ------------------------------------------------------------------------------------------ paths
@@ -413,6 +538,98 @@ def visualize_ablation_path(
 
 # ------------------------------------------------------------------------------------------- grid
 
+# Captum's signed heat-map colours (red: against the target, white: 0, green: for it)
+_SIGN_CMAPS = {"positive": "Greens", "negative": "Reds", "absolute_value": "Blues"}
+
+
+def _signed_cmap(sign: str):
+    if sign == "all":
+        from matplotlib.colors import LinearSegmentedColormap
+
+        return LinearSegmentedColormap.from_list("RdWhGn", ["red", "white", "green"])
+    return _SIGN_CMAPS[sign]
+
+
+def _column_signed(name: str, maps: np.ndarray, signed: Any) -> bool:
+    """Whether a column is drawn on the signed scale: ``signed`` as given (a bool, or a mapping by
+    method name), else auto: signed when any channel-summed map of the column has a negative value."""
+    if isinstance(signed, Mapping):
+        signed = signed.get(name)
+    if signed is not None:
+        return bool(signed)
+    return bool((maps.sum(axis=1) < 0).any())
+
+
+def _colorbar_specs(kinds: Sequence[bool], sign: str, unsigned_cmap: str):
+    """One colour bar per kind of column present: (key, cmap, vmin, vmax, ticks, tick labels, label)."""
+    specs = []
+    if any(kinds):
+        if sign == "all":
+            ticks, text = [-1, 0, 1], ["-1: against the class", "0", "+1: for the class"]
+        else:
+            ticks, text = [0, 1], ["0", "1"]
+        label = "signed maps: attribution / the map's scale" + ("" if sign == "all" else f" (sign={sign!r})")
+        specs.append(("signed", _signed_cmap(sign), -1.0 if sign == "all" else 0.0, 1.0, ticks, text, label))
+    if not all(kinds):
+        label = "unsigned maps (no value < 0): importance / the map's scale"
+        specs.append(("unsigned", unsigned_cmap, 0.0, 1.0, [0, 0.5, 1], ["0", "0.5", "1"], label))
+    return specs
+
+
+def _grid_caption(unsigned_names: Sequence[str], outlier_perc: float) -> str:
+    text = (
+        f"Each map is divided by its own scale (the value under which {100 - outlier_perc:g}% of the map's "
+        "|attribution| mass lies) and clipped: colours compare pixels within one map, not across maps."
+    )
+    if unsigned_names:
+        text += f" Unsigned columns, drawn from 0 on the sequential scale: {', '.join(unsigned_names)}."
+    return text + " White: zero (or an all-zero map)."
+
+
+class _BarLayout(NamedTuple):
+    x0: float  # the grid's left edge (inches)
+    side_by_side: bool
+    bar_w: float
+    caption: List[str]  # wrapped lines
+    height: float  # inches needed below the grid
+
+
+def _bar_layout(w_in: float, n_bars: int, caption: str) -> _BarLayout:
+    """Where the colour bars and caption go: side by side when each bar gets 4 inches, else stacked."""
+    import textwrap
+
+    x0 = min(0.125 * w_in, 0.6)
+    avail = w_in - x0 - 0.3
+    side = n_bars > 1 and avail >= 4.8 * n_bars
+    bar_w = min(5.0, avail / n_bars - 0.8 if side else avail)
+    lines = textwrap.wrap(caption, width=max(30, int((w_in - x0 - 0.2) * 13)))
+    rows = 1 if side else n_bars
+    return _BarLayout(x0, side, bar_w, lines, 0.35 + 0.19 * len(lines) + 0.85 * rows)
+
+
+def _add_grid_colorbars(fig, specs, layout: _BarLayout) -> list:
+    """Horizontal colour bars under the grid (side by side or stacked), the caption below them;
+    returns their axes, labelled ``"colorbar:signed"`` / ``"colorbar:unsigned"``."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    w_in, h_in = fig.get_size_inches()
+    fig.subplots_adjust(bottom=layout.height / h_in, left=layout.x0 / w_in)
+    caption_top = 0.1 + 0.19 * len(layout.caption)
+    caxes = []
+    for k, (key, cmap, vmin, vmax, ticks, text, label) in enumerate(specs):
+        left = layout.x0 + (k * (layout.bar_w + 0.8) if layout.side_by_side else 0.0)
+        row = 0 if layout.side_by_side else len(specs) - 1 - k  # stacked: the first bar on top
+        bottom = caption_top + 0.4 + 0.85 * row
+        rect = [left / w_in, bottom / h_in, layout.bar_w / w_in, 0.12 / h_in]
+        cax = fig.add_axes(rect, label=f"colorbar:{key}")
+        bar = fig.colorbar(ScalarMappable(Normalize(vmin, vmax), cmap), cax=cax, orientation="horizontal")
+        bar.set_ticks(ticks, labels=text, fontsize="small")
+        cax.set_title(label, fontsize="small")
+        caxes.append(cax)
+    fig.text(layout.x0 / w_in, 0.1 / h_in, "\n".join(layout.caption), fontsize="small", va="bottom", ha="left")
+    return caxes
+
 
 def plot_attribution_grid(
     images: Any,
@@ -422,44 +639,80 @@ def plot_attribution_grid(
     shift_nonnegative: bool = False,
     fig_size: Optional[Tuple[float, float]] = None,
     use_pyplot: bool = False,
+    signed: Any = None,
+    colorbar: bool = True,
+    unsigned_cmap: str = "Purples",
+    outlier_perc: float = 2,
+    title: Optional[str] = None,
 ):
-    """Images (rows) x methods (columns): the input, then each method's attribution heat map.
+    """Images (rows) x methods (columns): the input, then each method's attribution heat map, with
+    colour bars and a caption saying what the colours mean.
+
+    Signed columns (attributions for and against the target) use Captum's diverging red-white-green
+    map on [-1, 1] (with ``sign="all"``). Unsigned columns (no negative value in any of the column's
+    maps, e.g. an ablation-path saliency in [0, 1], Saliency, Grad-CAM) use a sequential map on
+    [0, 1] from 0 (``unsigned_cmap``), so that they neither look like "all positive evidence" nor
+    borrow the signed scale. Every map is divided by its own scale (Captum's ``outlier_perc``).
 
     Args:
         images: ``(N, C, H, W)``.
         attributions (mapping): method name -> ``(N, C, H, W)`` attributions of the same images.
         titles (sequence of str, optional): one per image (row label).
-        sign (str): Captum's ``sign`` (``"all"``, ``"positive"``, ``"absolute_value"``, ...).
+        sign (str): Captum's ``sign`` for the signed columns (``"all"``, ``"positive"``, ...).
         shift_nonnegative (bool): draw a map with no negative value minus its minimum, so that a
-            constant offset (e.g. ablation-path saliency :math:`\\int (1 - \\varphi)\\,dt`, about 0.5
-            everywhere) does not saturate the colour scale. Rankings, which the metrics use, are
-            unchanged by it. Default: False (draw the maps as they are).
-        fig_size, use_pyplot: as in :mod:`captum.attr.visualization` (default: no pyplot).
+            constant offset does not fill the scale. Rankings, which the metrics use, are unchanged by
+            it, but the scale no longer starts at the map's 0. Default: False.
+        fig_size, use_pyplot: as in :mod:`captum.attr.visualization` (default: no pyplot). The
+            colour bars and caption add 1.5 to 3 inches below the grid.
+        signed (None, bool or mapping): which columns are signed; None (default): auto, per column;
+            a bool: every column; a mapping method name -> bool (missing names: auto).
+        colorbar (bool): add the colour bars (one per kind of column present) and the caption.
+        unsigned_cmap (str): the sequential colour map of unsigned columns.
+        outlier_perc (float): Captum's ``outlier_perc`` (the share of |attribution| mass clipped).
+        title (str, optional): the figure's title, just above the grid.
 
     Returns:
-        ``(figure, axes)`` with ``axes`` of shape ``(N, 1 + len(attributions))``.
+        ``(figure, axes)`` with ``axes`` of shape ``(N, 1 + len(attributions))``; the colour bars are
+        the figure's axes labelled ``"colorbar:signed"`` / ``"colorbar:unsigned"``.
     """
     imgs = _to_numpy(images)
     if imgs.ndim != 4:
         raise ValueError(f"`images` must be (N, C, H, W), got {imgs.shape}")
-    n = imgs.shape[0]
-    for name, a in attributions.items():
-        if _to_numpy(a).shape != imgs.shape:
-            raise ValueError(f"attributions of {name!r} have shape {_to_numpy(a).shape}, images {imgs.shape}")
-    cols = 1 + len(attributions)
-    fig, axes = _new_figure(fig_size or (1.6 * cols, 1.6 * n), use_pyplot, n, cols)
+    maps = {name: _to_numpy(a) for name, a in attributions.items()}
+    for name, a in maps.items():
+        if a.shape != imgs.shape:
+            raise ValueError(f"attributions of {name!r} have shape {a.shape}, images {imgs.shape}")
+    kinds = [_column_signed(name, a, signed) for name, a in maps.items()]
+    n, cols = imgs.shape[0], 1 + len(maps)
+    w, h = fig_size or (1.6 * cols, 1.6 * n)
+    specs = _colorbar_specs(kinds, sign, unsigned_cmap) if colorbar and maps else []
+    unsigned_names = [name for name, s in zip(maps, kinds) if not s]
+    layout = _bar_layout(w, len(specs), _grid_caption(unsigned_names, outlier_perc)) if specs else None
+    h += (layout.height if layout else 0.0) + (0.5 if title else 0.0)
+    fig, axes = _new_figure((w, h), use_pyplot, n, cols)
+    if title:
+        fig.subplots_adjust(top=1 - 0.55 / h)
+        fig.suptitle(title, y=1 - 0.1 / h, va="top")
     for i in range(n):
         _imshow(axes[i, 0], imgs[i])
         if titles is not None:
             axes[i, 0].set_ylabel(titles[i], fontsize="small")
-        for j, (name, a) in enumerate(attributions.items(), start=1):
-            amap = _to_numpy(a)[i]
-            if shift_nonnegative and amap.min() >= 0:
-                amap = amap - amap.min()
-            _attr_panel(axes[i, j], fig, amap, sign=sign)
+        for j, ((name, a), is_signed) in enumerate(zip(maps.items(), kinds), start=1):
+            _grid_panel(axes[i, j], fig, a[i], is_signed, sign, shift_nonnegative, unsigned_cmap, outlier_perc)
             if i == 0:
                 axes[i, j].set_title(name, fontsize="small")
     if n:
         axes[0, 0].set_title("input", fontsize="small")
+    if layout is not None:
+        _add_grid_colorbars(fig, specs, layout)
     _show(use_pyplot)
     return fig, axes
+
+
+def _grid_panel(ax, fig, amap, is_signed, sign, shift_nonnegative, unsigned_cmap, outlier_perc) -> None:
+    if shift_nonnegative and amap.min() >= 0:
+        amap = amap - amap.min()
+    if is_signed:
+        _attr_panel(ax, fig, amap, sign=sign, outlier_perc=outlier_perc, cmap=_signed_cmap(sign))
+    else:
+        _attr_panel(ax, fig, amap, sign="positive", outlier_perc=outlier_perc, cmap=unsigned_cmap)

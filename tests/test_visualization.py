@@ -38,7 +38,9 @@ def images():
 
 def test_samp_path_figure_shows_snapshots_attributions_and_the_score_curve(images):
     model = TinyCNN().eval()
-    _, path = SampAttribution(model).attribute(images, target=1, features_per_step=8, return_path=True, insertion_start="zeros")
+    _, path = SampAttribution(model).attribute(
+        images, target=1, features_per_step=8, return_path=True, insertion_start="zeros"
+    )
     fig, axes = visualize_samp_path(path, example=1, direction="insertion", use_pyplot=False)
     n_snap = len(path.snapshot_fractions)
     assert isinstance(fig, Figure) and axes.shape == (3, n_snap)
@@ -133,3 +135,98 @@ def test_grid_can_shift_nonnegative_maps_without_touching_signed_ones(images):
     np.testing.assert_allclose(
         np.asarray(raw[0, 2].get_images()[0].get_array()), np.asarray(shifted[0, 2].get_images()[0].get_array())
     )
+
+
+# ------------------------------------------------------------------- readable figures (issue 15)
+
+
+def _colorbar_axes(fig):
+    return {ax.get_label(): ax for ax in fig.axes if ax.get_label().startswith("colorbar:")}
+
+
+def test_grid_draws_unsigned_columns_on_a_sequential_scale_from_zero_with_colour_bars(images):
+    g = torch.Generator().manual_seed(1)
+    attrs = {"signed": torch.randn(2, 1, 8, 8, generator=g), "saliency": torch.rand(2, 1, 8, 8, generator=g)}
+    fig, axes = plot_attribution_grid(images, attrs)
+    signed_im, unsigned_im = axes[0, 1].get_images()[0], axes[1, 2].get_images()[0]
+    assert signed_im.cmap.name == "RdWhGn" and signed_im.norm.vmin == -1 and signed_im.norm.vmax == 1
+    assert unsigned_im.cmap.name == "Purples" and unsigned_im.norm.vmin == 0 and unsigned_im.norm.vmax == 1
+    assert np.asarray(unsigned_im.get_array()).min() >= 0
+    bars = _colorbar_axes(fig)
+    assert set(bars) == {"colorbar:signed", "colorbar:unsigned"}
+    assert "against" in " ".join(t.get_text() for t in bars["colorbar:signed"].get_xticklabels())
+    assert bars["colorbar:unsigned"].get_xlim()[0] == 0
+    caption = " ".join(t.get_text() for t in fig.texts)
+    assert "Unsigned columns" in caption and "saliency" in caption
+    # forced signed: the unsigned column borrows the diverging map; no colour bar on request
+    fig, axes = plot_attribution_grid(images, attrs, signed={"saliency": True}, colorbar=False)
+    assert axes[0, 2].get_images()[0].cmap.name == "RdWhGn" and not _colorbar_axes(fig)
+
+
+def test_curves_legend_outside_the_axis_says_n_and_band():
+    fr = np.linspace(0, 1, 6)
+    per_example = np.stack([1 - fr, 0.5 * (1 - fr), 0.2 * (1 - fr), 0.9 * (1 - fr)])
+    fig, ax = plot_insertion_deletion_curves(
+        {"A": (fr, per_example), "B": (fr, per_example[:2])}, band="iqr", use_pyplot=False
+    )
+    fig.canvas.draw()
+    legend = ax.get_legend()
+    assert legend.get_window_extent().x0 >= ax.get_window_extent().x1  # clear of the data
+    assert "interquartile" in legend.get_title().get_text()
+    assert "n = " not in legend.get_title().get_text()  # the curves disagree on N: not claimed
+    band = ax.collections[0].get_paths()[0].vertices
+    assert band[:, 1].max() == pytest.approx(np.percentile(per_example[:, 0], 75))
+    assert band[:, 1].min() == pytest.approx(0.0)
+    # the benchmark's aggregated curves: mean and std, N given; a band on chosen methods only
+    summary = {"fractions": fr, "mean": 1 - fr, "std": np.full(6, 0.1)}
+    _, ax = plot_insertion_deletion_curves(
+        {"A": summary, "B": dict(summary, std=None)}, n_images=7, band_methods=["A"], use_pyplot=False
+    )
+    assert len(ax.collections) == 1 and "n = 7 images" in ax.get_legend().get_title().get_text()
+    with pytest.raises(ValueError, match="iqr"):
+        plot_insertion_deletion_curves({"A": summary}, band="iqr", use_pyplot=False)
+
+
+def test_method_styles_tell_neighbours_and_up_to_thirty_methods_apart():
+    from captum_paths.visualization import method_styles
+
+    styles = list(method_styles([f"m{i}" for i in range(30)]).values())
+    pairs = {(s["color"], s["linestyle"]) for s in styles}
+    assert len(pairs) == 30
+    assert all(a["color"] != b["color"] and a["linestyle"] != b["linestyle"] for a, b in zip(styles, styles[1:]))
+
+
+def _fake_results(names, n_images=5):
+    fr = np.linspace(0, 1, 4).tolist()
+    kinds = ("samp_deletion", "samp_insertion", "rise_deletion", "rise_insertion")
+    curve = {"fractions": fr, "mean": [1.0, 0.5, 0.2, 0.1], "std": [0.1] * 4}
+    return {
+        "methods": {n: {"label": n.upper()} for n in names},
+        "curves": {n: {k: curve for k in kinds} for n in names},
+        "config": {"n_images": n_images},
+    }
+
+
+def test_benchmark_curves_figure_shows_both_protocols_a_selection_and_a_legend_outside():
+    from captum_paths.benchmark.methods import METHOD_NAMES
+    from captum_paths.benchmark.report import BAND_METHODS, CURVE_METHODS, _curves_figure
+
+    fig = _curves_figure(_fake_results(METHOD_NAMES))
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    titles = [ax.get_title() for ax in axes]
+    assert len(axes) == 4 and sum("SAMP protocol" in t for t in titles) == 2 and sum("RISE" in t for t in titles) == 2
+    assert sum(t.startswith("Deletion") for t in titles) == 2 and sum(t.startswith("Insertion") for t in titles) == 2
+    assert [line.get_label() for line in axes[0].get_lines()] == [n.upper() for n in CURVE_METHODS]
+    assert all(len(ax.collections) == len(BAND_METHODS) for ax in axes)  # bands on the headline pair
+    suptitle = fig._suptitle.get_text()
+    assert "5 test images" in suptitle and f"of {len(METHOD_NAMES)} methods" in suptitle
+    fig.canvas.draw()
+    (legend,) = fig.legends
+    assert legend.get_window_extent().x0 >= max(ax.get_window_extent().x1 for ax in axes)
+    assert "n = 5 images" in legend.get_title().get_text() and "std" in legend.get_title().get_text()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    few = _curves_figure(_fake_results(["samp", "samp++", "ig"]))  # few methods: all shown, all banded
+    assert "all 3 methods" in few._suptitle.get_text() and len(few.axes[0].collections) == 3
+    plt.close(few)

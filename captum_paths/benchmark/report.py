@@ -211,43 +211,120 @@ def write_results(results: Dict[str, Any], out: str, figures: bool = True) -> Di
     atomic_write_text(paths["markdown"], markdown_report(results))
     atomic_write_text(paths["json"], to_json(results))
     if figures and "_images" in results and results.get("_attributions"):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from captum_paths.visualization import plot_attribution_grid, plot_insertion_deletion_curves
-
-        labels = {n: m["label"] for n, m in results["methods"].items()}
-        n_show = min(6, len(results["_images"]))
-        fig, _ = plot_attribution_grid(
-            results["_images"][:n_show],
-            {labels[n]: a[:n_show] for n, a in results["_attributions"].items()},
-            titles=[f"pred {int(t)}" for t in results["_targets"][:n_show]],
-            shift_nonnegative=True,
-        )
-        paths["attributions"] = directory / "attributions.png"
-        _save_figure(fig, paths["attributions"])
-        plt.close(fig)
-        kinds = [
-            (kind, title)
-            for kind, title in (
-                ("samp_deletion", "Deletion (SAMP protocol, lower is better)"),
-                ("samp_insertion", "Insertion (SAMP protocol, higher is better)"),
-            )
-            if all(kind in c for c in results["curves"].values())
-        ]
-        if kinds:
-            fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
-            for ax, (kind, title) in zip(axes[0], kinds):
-                curves = {labels[n]: (c[kind]["fractions"], c[kind]["mean"]) for n, c in results["curves"].items()}
-                plot_insertion_deletion_curves(
-                    curves, plt_fig_axis=(fig, ax), title=title, ylabel="logit / input logit"
-                )
-            paths["curves"] = directory / "curves.png"
-            _save_figure(fig, paths["curves"])
-            plt.close(fig)
+        paths.update(_write_figures(results, directory))
     return paths
+
+
+# The curves figure shows a selection, so that its lines stay readable: the seed papers' methods,
+# the baselines their claims compare with, and the random floor. Runs with few methods show all.
+CURVE_METHODS = ("samp", "samp++", "lpi", "ggig", "ablation", "ig", "eg", "random")
+# Bands (± 1 std over images) on the SAMP paper's headline pair only: eight overlapping bands hide the lines
+BAND_METHODS = ("samp++", "ig")
+_PANELS = (
+    ("samp", "SAMP protocol: logit / input logit", "logit / input logit"),
+    ("rise", "RISE protocol: softmax", "softmax probability of the target"),
+)
+_DIRECTIONS = (
+    ("deletion", "Deletion (lower is better)", "fraction of pixels deleted (set to 0)"),
+    ("insertion", "Insertion (higher is better)", "fraction of pixels inserted (into the blurred image)"),
+)
+
+
+def _write_figures(results: Dict[str, Any], directory: Path) -> Dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = {"attributions": directory / "attributions.png"}
+    fig = _attribution_figure(results)
+    _save_figure(fig, paths["attributions"])
+    plt.close(fig)
+    fig = _curves_figure(results)
+    if fig is not None:
+        paths["curves"] = directory / "curves.png"
+        _save_figure(fig, paths["curves"])
+        plt.close(fig)
+    return paths
+
+
+def _attribution_figure(results: Dict[str, Any]):
+    from captum_paths.visualization import plot_attribution_grid
+
+    labels = {n: m["label"] for n, m in results["methods"].items()}
+    n_show = min(6, len(results["_images"]))
+    fig, _ = plot_attribution_grid(
+        results["_images"][:n_show],
+        {labels[n]: a[:n_show] for n, a in results["_attributions"].items()},
+        titles=[f"pred {int(t)}" for t in results["_targets"][:n_show]],
+        title=f"Attributions of the first {n_show} test images for the predicted class (rows), by method (columns)",
+    )
+    return fig
+
+
+def _curve_selection(results: Dict[str, Any]) -> Tuple[List[str], str]:
+    """The methods drawn in the curves figure and a sentence saying which."""
+    curves = results["curves"]
+    every = [n for n in results["methods"] if curves.get(n)]
+    picked = [n for n in CURVE_METHODS if n in every]
+    if len(every) <= len(CURVE_METHODS) or not picked:
+        return every, f"all {len(every)} methods"
+    return picked, (
+        f"{len(picked)} of {len(every)} methods: the seed papers' methods, the baselines their claims compare "
+        "with and Random (all methods: results.md)"
+    )
+
+
+def _curves_figure(results: Dict[str, Any]):
+    """Insertion and deletion curves under both protocols (rows) with one shared legend; None if no
+    method has curves."""
+    from captum_paths.visualization import curves_legend_title, method_styles, plot_insertion_deletion_curves
+
+    names, selection = _curve_selection(results)
+    rows = [
+        r for r in _PANELS if any(all(f"{r[0]}_{d[0]}" in results["curves"][n] for n in names) for d in _DIRECTIONS)
+    ]
+    if not names or not rows:
+        return None
+    import matplotlib.pyplot as plt
+
+    labels = {n: results["methods"][n]["label"] for n in names}
+    styles = method_styles([labels[n] for n in names])
+    banded = [labels[n] for n in names if n in BAND_METHODS] if len(names) > 3 else []
+    banded = banded or [labels[n] for n in names]
+    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 3.6 * len(rows)), squeeze=False)
+    for (proto, row_title, ylabel), ax_row in zip(rows, axes):
+        for (direction, title, xlabel), ax in zip(_DIRECTIONS, ax_row):
+            kind = f"{proto}_{direction}"
+            curves = {labels[n]: results["curves"][n][kind] for n in names if kind in results["curves"][n]}
+            if not curves:
+                ax.set_visible(False)
+                continue
+            plot_insertion_deletion_curves(
+                curves,
+                (fig, ax),
+                f"{title}\n{row_title}",
+                xlabel,
+                ylabel,
+                styles=styles,
+                legend=None,
+                band_methods=banded,
+            )
+    n_images = results["config"]["n_images"]
+    handles, texts = next(ax for ax in axes.ravel() if ax.get_visible()).get_legend_handles_labels()
+    fig.legend(
+        handles,
+        texts,
+        loc="upper left",
+        bbox_to_anchor=(1.0, 0.95),
+        fontsize="small",
+        title=curves_legend_title("std", n_images, banded if len(banded) < len(names) else None),
+        title_fontsize="small",
+        alignment="left",
+    )
+    fig.suptitle(f"Insertion and deletion curves on {n_images} test images; {selection}", fontsize="medium")
+    fig.tight_layout()
+    return fig
 
 
 def _save_figure(fig, path: Path) -> None:
@@ -258,7 +335,7 @@ def _save_figure(fig, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=str(path.parent))
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=80, bbox_inches="tight")
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
