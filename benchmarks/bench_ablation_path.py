@@ -81,9 +81,7 @@ def main():
     with torch.no_grad():
         target = model(x).argmax(1)
     method = AblationPath(model)
-    kwargs = dict(
-        n_steps=args.n_steps, n_iterations=args.n_iterations, internal_batch_size=args.internal_batch_size
-    )
+    kwargs = dict(n_steps=args.n_steps, n_iterations=args.n_iterations, internal_batch_size=args.internal_batch_size)
 
     # --- quality: saturation per iteration, path score vs straight line
     _, result = method.attribute(x, target=target, return_path=True, **kwargs)

@@ -155,8 +155,12 @@ def main(argv=None):
         label = "all" if batch == 0 else str(chunk)
 
         def metrics():
-            d = deletion(model, x, attr, target=y, step=args.step, score="logit", max_examples_per_batch=chunk)
-            i = insertion(model, x, attr, target=y, step=args.step, score="logit", max_examples_per_batch=chunk)
+            d = deletion(
+                model, x, attr, target=y, features_per_step=args.step, score="logit", max_examples_per_batch=chunk
+            )
+            i = insertion(
+                model, x, attr, target=y, features_per_step=args.step, score="logit", max_examples_per_batch=chunk
+            )
             return d, i
 
         # the floor: the same number of images, pre-built, through the model in the same batch sizes
@@ -188,8 +192,8 @@ def main(argv=None):
 
         def batched():
             return (
-                deletion(model, x, attr, target=y, step=args.step, score="logit"),
-                insertion(model, x, attr, target=y, step=args.step, score="logit"),
+                deletion(model, x, attr, target=y, features_per_step=args.step, score="logit"),
+                insertion(model, x, attr, target=y, features_per_step=args.step, score="logit"),
             )
 
         # batched timed before and after the loop: the machine's load may change in between

@@ -77,9 +77,11 @@ def _protocols(image_size: int, n_features: int, overrides: Optional[Dict[str, D
                 f"`protocols` maps 'samp', 'rise', 'diffid' or 'pointing_game' to a dict of knobs; got {name!r}: "
                 f"{knobs!r}"
             )
-        unknown = [k for k in knobs if k not in ("step", "ratios", "tolerance")]
+        unknown = [k for k in knobs if k not in ("features_per_step", "ratios", "tolerance")]
         if unknown:
-            raise ValueError(f"`protocols[{name!r}]` may set 'step', 'ratios' or 'tolerance', got {unknown}")
+            raise ValueError(
+                f"`protocols[{name!r}]` may set 'features_per_step', 'ratios' or 'tolerance', got {unknown}"
+            )
         protocols[name].update(knobs)
     return protocols
 
@@ -182,7 +184,7 @@ def compare(
         device (str or torch.device, optional): default: the model's device. ``"cuda"`` under torchrun
             means each rank's own GPU.
         quick (bool): the benchmark's reduced method budgets (LPI, GGIG, EG, AblationPath).
-        protocols (dict, optional): protocol knobs to change, e.g. ``{"rise": {"step": 448}}``
+        protocols (dict, optional): protocol knobs to change, e.g. ``{"rise": {"features_per_step": 448}}``
             (``step`` of "samp" / "rise", ``ratios`` of "diffid", ``tolerance`` of "pointing_game").
         figures (bool): write ``attributions.png`` and ``curves.png`` into ``out``.
         overwrite (bool): discard the progress in ``out`` instead of refusing other settings.

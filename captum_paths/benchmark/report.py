@@ -178,9 +178,10 @@ def markdown_report(results: Dict[str, Any]) -> str:
         format_table(results),
         "",
         "Mean ± std over the images (best non-random entry in bold). Protocols: "
-        f"SAMP = logit, curve / input logit, mean of points, {prot['samp']['step']} px per step; "
-        f"RISE = softmax, trapezoid AUC, {prot['rise']['step']} px per step; deletion to zeros, insertion from "
-        f"blur; DiffID = area of insertion - deletion over ratios 0.1..0.9 (mean fill); pointing game tolerance "
+        f"SAMP = logit, curve / input logit, mean of points, {prot['samp']['features_per_step']} px per step; "
+        f"RISE = softmax, trapezoid AUC, {prot['rise']['features_per_step']} px per step; deletion to zeros, "
+        "insertion from blur; DiffID = area of insertion - deletion over ratios 0.1..0.9 (mean fill); "
+        "pointing game tolerance "
         f"{prot['pointing_game']['tolerance']} px. Target: {prot['target']}. Cost columns exclude one-off set-up "
         "(LPI's bank fit), which results.json records as setup_seconds.",
         "",

@@ -50,8 +50,8 @@ def _results():
         "data": {"name": "digits", "source": "test", "split": "test"},
         "model": {"architecture": "X", "test_accuracy": 0.99, "accuracy_on": "test"},
         "protocols": {
-            "samp": {"step": 10},
-            "rise": {"step": 28},
+            "samp": {"features_per_step": 10},
+            "rise": {"features_per_step": 28},
             "pointing_game": {"tolerance": 1},
             "target": "predicted",
         },

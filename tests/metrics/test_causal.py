@@ -11,7 +11,7 @@ from scipy.ndimage import gaussian_filter
 
 from captum_paths.attr import Blur
 from captum_paths.metrics import deletion, insertion
-from captum_paths.metrics._core.causal import features_per_step
+from captum_paths.metrics._core.causal import curve_features_per_step
 
 
 def _linear_problem(seed=0, n=3, shape=(2, 4, 4)):
@@ -25,7 +25,7 @@ def _linear_problem(seed=0, n=3, shape=(2, 4, 4)):
 @pytest.mark.parametrize("step", [1, 3])
 def test_deletion_curve_of_linear_model_is_the_sorted_contribution_sum(step):
     model, x, oracle = _linear_problem()
-    auc, curves, fractions = deletion(model, x, oracle, step=step, score="logit", return_curves=True)
+    auc, curves, fractions = deletion(model, x, oracle, features_per_step=step, score="logit", return_curves=True)
     pixel = oracle.sum(1).reshape(len(x), -1).numpy()  # contribution of each pixel
     for i in range(len(x)):
         order = np.argsort(-pixel[i], kind="stable")
@@ -40,7 +40,9 @@ def test_deletion_curve_of_linear_model_is_the_sorted_contribution_sum(step):
 
 def test_insertion_curve_of_linear_model_closed_form():
     model, x, oracle = _linear_problem(seed=1)
-    _, curves, _ = insertion(model, x, oracle, substrate="zeros", step=2, score="logit", return_curves=True)
+    _, curves, _ = insertion(
+        model, x, oracle, substrate="zeros", features_per_step=2, score="logit", return_curves=True
+    )
     pixel = oracle.sum(1).reshape(len(x), -1)
     ordered = pixel.sort(dim=1, descending=True, stable=True).values
     cums = torch.cat([torch.zeros(len(x), 1, dtype=x.dtype), ordered.cumsum(1)], 1)[:, ::2]
@@ -112,7 +114,7 @@ def test_matches_rise_causal_metric(mode):
         x,
         attributions,
         target=target,
-        step=10,
+        features_per_step=10,
         substrate=substrate,
         score="softmax",
         auc="trapezoid",
@@ -132,9 +134,17 @@ def test_samp_protocol_normalised_mean():
     target = [1, 4]
     for fn, peak in ((deletion, 0), (insertion, -1)):
         auc, curves, _ = fn(
-            model, x, attr, target=target, step=10, score="logit", auc="mean", normalize=True, return_curves=True
+            model,
+            x,
+            attr,
+            target=target,
+            features_per_step=10,
+            score="logit",
+            auc="mean",
+            normalize=True,
+            return_curves=True,
         )
-        _, raw, _ = fn(model, x, attr, target=target, step=10, score="logit", return_curves=True)
+        _, raw, _ = fn(model, x, attr, target=target, features_per_step=10, score="logit", return_curves=True)
         torch.testing.assert_close(curves, raw / raw[:, peak : peak + 1 if peak == 0 else None])
         torch.testing.assert_close(auc, (raw / raw[:, [peak]]).mean(1))
         assert torch.allclose(curves[:, peak], torch.ones(2, dtype=x.dtype))
@@ -147,17 +157,24 @@ def test_batched_equals_one_at_a_time_and_chunking_is_invisible(digits, digits_c
     x = digits.x_test[:5].double()
     attr = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
     y = digits.y_test[:5]
-    full = deletion(digits_cnn64, x, attr, target=y, step=16, score="softmax", return_curves=True)[1]
+    full = deletion(digits_cnn64, x, attr, target=y, features_per_step=16, score="softmax", return_curves=True)[1]
     for chunk in (1, 7):
         chunked = deletion(
-            digits_cnn64, x, attr, target=y, step=16, score="softmax", return_curves=True, max_examples_per_batch=chunk
+            digits_cnn64,
+            x,
+            attr,
+            target=y,
+            features_per_step=16,
+            score="softmax",
+            return_curves=True,
+            max_examples_per_batch=chunk,
         )[1]
         torch.testing.assert_close(chunked, full, atol=1e-12, rtol=0)
-    both = insertion(digits_cnn64, x, attr, target=y, step=16, return_curves=True)[1]
+    both = insertion(digits_cnn64, x, attr, target=y, features_per_step=16, return_curves=True)[1]
     for i in range(5):
-        single = insertion(digits_cnn64, x[i : i + 1], attr[i : i + 1], target=int(y[i]), step=16, return_curves=True)[
-            1
-        ]
+        single = insertion(
+            digits_cnn64, x[i : i + 1], attr[i : i + 1], target=int(y[i]), features_per_step=16, return_curves=True
+        )[1]
         torch.testing.assert_close(single[0], both[i], atol=1e-12, rtol=0)
 
 
@@ -202,13 +219,15 @@ def test_additional_forward_args_are_per_example():
 def test_feature_mask_groups_and_float_step():
     model, x, oracle = _linear_problem(seed=4, shape=(1, 4, 4))
     mask = torch.arange(16).reshape(1, 4, 4) // 4  # 4 groups of a row each
-    _, curves, fractions = deletion(model, x, oracle, feature_mask=mask, step=0.25, score="logit", return_curves=True)
+    _, curves, fractions = deletion(
+        model, x, oracle, feature_mask=mask, features_per_step=0.25, score="logit", return_curves=True
+    )
     rows = oracle.reshape(3, 4, 4).sum(2)
     ordered = rows.sort(1, descending=True).values
     expected = rows.sum(1, keepdim=True) - torch.cat([torch.zeros(3, 1, dtype=x.dtype), ordered.cumsum(1)], 1)
     torch.testing.assert_close(curves, expected, atol=1e-12, rtol=0)
     torch.testing.assert_close(fractions, torch.tensor([0, 0.25, 0.5, 0.75, 1.0], dtype=x.dtype))
-    assert features_per_step(0.1, 256) == 26 and features_per_step(1e-9, 10) == 1
+    assert curve_features_per_step(0.1, 256) == 26 and curve_features_per_step(1e-9, 10) == 1
 
 
 def test_show_progress_and_generator_for_random_substrates(capsys):
@@ -242,8 +261,8 @@ def test_inputs_model_and_mode_untouched(digits_cnn):
     x = torch.rand(2, 1, 16, 16)
     x_before, attr = x.clone(), torch.randn(2, 1, 16, 16)
     state = copy.deepcopy(model.state_dict())
-    deletion(model, x, attr, target=0, step=32)
-    insertion(model, x, attr, target=1, step=32)
+    deletion(model, x, attr, target=0, features_per_step=32)
+    insertion(model, x, attr, target=1, features_per_step=32)
     assert torch.equal(x, x_before) and model.training
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
@@ -253,10 +272,10 @@ def test_inputs_model_and_mode_untouched(digits_cnn):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(step=0), ValueError, "step"),
-        (dict(step=-2), ValueError, "step"),
-        (dict(step=1.5), ValueError, "step"),
-        (dict(step=True), ValueError, "step"),
+        (dict(features_per_step=0), ValueError, "features_per_step"),
+        (dict(features_per_step=-2), ValueError, "features_per_step"),
+        (dict(features_per_step=1.5), ValueError, "features_per_step"),
+        (dict(features_per_step=True), ValueError, "features_per_step"),
         (dict(auc="simpson"), ValueError, "auc"),
         (dict(score="prob"), ValueError, "score"),
         (dict(target=[0, 1]), ValueError, "target"),
@@ -288,9 +307,9 @@ def test_everything_stays_on_the_gpu():
     model = small_cnn(seed=0).cuda()
     x = torch.rand(2, 3, 16, 16, dtype=torch.float64, device="cuda")
     attr = torch.randn_like(x)
-    auc, curves, fractions = deletion(model, x, attr, target=1, step=32, return_curves=True)
+    auc, curves, fractions = deletion(model, x, attr, target=1, features_per_step=32, return_curves=True)
     assert auc.is_cuda and curves.is_cuda and fractions.is_cuda
-    assert insertion(model, x, attr, target=1, step=32).is_cuda
+    assert insertion(model, x, attr, target=1, features_per_step=32).is_cuda
     assert diffid(model, x, attr, target=1).diff.is_cuda
     assert sensitivity_n(model, x, attr, n=4, target=1, n_subsets=5, generator=0).is_cuda
 
@@ -310,8 +329,8 @@ class _CountingModel(torch.nn.Module):
 
 @pytest.mark.parametrize("n_features, expected", [(16, 1), (224, 1), (225, 2), (784, 4), (1024, 5), (4096, 19)])
 def test_default_step_is_rises_resolution(n_features, expected):
-    assert features_per_step(None, n_features) == expected
-    assert features_per_step(None, 224 * 224) == 224  # RISE: 224 pixels per step at 224x224
+    assert curve_features_per_step(None, n_features) == expected
+    assert curve_features_per_step(None, 224 * 224) == 224  # RISE: 224 pixels per step at 224x224
 
 
 def test_defaults_are_rises_protocol_and_chunks_are_bounded():
@@ -321,7 +340,7 @@ def test_defaults_are_rises_protocol_and_chunks_are_bounded():
     counted = _CountingModel(model)
     auc, curves, fractions = deletion(counted, x, attr, target=2, return_curves=True)
     assert curves.shape == (3, 197) and max(counted.rows) <= 256 and sum(counted.rows) == 3 * 197
-    rise = deletion(model, x, attr, target=2, step=4, substrate="zeros", score="softmax", auc="trapezoid")
+    rise = deletion(model, x, attr, target=2, features_per_step=4, substrate="zeros", score="softmax", auc="trapezoid")
     torch.testing.assert_close(auc, rise, rtol=0, atol=0)
     probs = torch.softmax(model(x).detach(), 1)[:, 2]
     torch.testing.assert_close(curves[:, 0], probs)  # softmax of the target on the untouched input
@@ -336,9 +355,13 @@ def test_the_model_never_sees_more_rows_than_the_bound_and_results_equal_unchunk
     attr = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     for fn in (deletion, insertion):
         counted = _CountingModel(model)
-        chunked = fn(counted, x, attr, target=[0, 1, 2, 3], step=3, return_curves=True, max_examples_per_batch=chunk)
+        chunked = fn(
+            counted, x, attr, target=[0, 1, 2, 3], features_per_step=3, return_curves=True, max_examples_per_batch=chunk
+        )
         assert max(counted.rows) <= chunk and sum(counted.rows) == 4 * 23
-        whole = fn(model, x, attr, target=[0, 1, 2, 3], step=3, return_curves=True, max_examples_per_batch=10**6)
+        whole = fn(
+            model, x, attr, target=[0, 1, 2, 3], features_per_step=3, return_curves=True, max_examples_per_batch=10**6
+        )
         for a, b in zip(chunked, whole):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
@@ -351,7 +374,7 @@ def test_default_rows_per_pass_rule():
         assert default_rows_per_pass((torch.zeros((2,) + shape),)) == rows
     counted = _CountingModel(small_cnn(seed=1))
     x = torch.rand(3, 3, 64, 64)
-    deletion(counted, x.double(), torch.randn(x.shape, dtype=torch.float64), target=0, step=512)
+    deletion(counted, x.double(), torch.randn(x.shape, dtype=torch.float64), target=0, features_per_step=512)
     assert max(counted.rows) == 21 and sum(counted.rows) == 3 * 9  # 4096 pixels / 512 -> 9 points
 
 
@@ -373,7 +396,7 @@ def test_non_finite_inputs_or_attributions_raise_before_any_model_pass(fn, bad, 
 def test_empty_batch_gives_empty_results_without_a_model_pass(fn):
     counted = _CountingModel(small_cnn(seed=0))
     x = torch.rand(0, 3, 8, 8, dtype=torch.float64)
-    auc, curves, fractions = fn(counted, x, x.clone(), target=0, step=10, return_curves=True)
+    auc, curves, fractions = fn(counted, x, x.clone(), target=0, features_per_step=10, return_curves=True)
     assert auc.shape == (0,) and curves.shape == (0, 8) and fractions.shape == (8,) and counted.rows == []
 
 

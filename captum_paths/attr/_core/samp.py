@@ -2,7 +2,6 @@
 
 import math
 from dataclasses import dataclass
-from numbers import Integral, Real
 from typing import Any, Callable, List, Literal, Optional, Sequence, Tuple, Union, overload
 
 import torch
@@ -11,7 +10,12 @@ from torch import Tensor
 from captum_paths.attr._core.base import PathAttribution, PathCall, PathOutput, PathResult
 from captum_paths.attr._utils.captum_compat import TargetType, TensorOrTuple, log_usage
 from captum_paths.attr._utils.features import feature_groups, flatten_inputs, group_sum, unflatten_inputs
-from captum_paths.attr._utils.validation import check_positive_int, check_probability
+from captum_paths.attr._utils.validation import (
+    check_features_per_step,
+    check_positive_int,
+    check_probability,
+    features_per_step_count,
+)
 from captum_paths.baselines import BaselinesType, Blur, resolve_baselines
 
 __all__ = [
@@ -115,20 +119,7 @@ def resolve_features_per_step(features_per_step: Union[None, int, float], n_grou
     ``(0, 1]`` is that fraction of ``n_groups`` (rounded, at least 1)."""
     if features_per_step is None:
         return default_features_per_step(n_groups)
-    if isinstance(features_per_step, Integral):
-        return check_positive_int(features_per_step, "features_per_step")
-    return max(1, int(round(features_per_step * n_groups)))
-
-
-def _check_features_per_step(s: Any) -> None:
-    if s is None:
-        return
-    if isinstance(s, bool) or not isinstance(s, (Integral, Real)):
-        raise ValueError(f"`features_per_step` must be None, a positive int or a float in (0, 1], got {s!r}")
-    if isinstance(s, Integral):
-        check_positive_int(s, "features_per_step")
-    elif not 0 < s <= 1:
-        raise ValueError(f"`features_per_step` as a fraction must lie in (0, 1], got {s!r}")
+    return features_per_step_count(features_per_step, n_groups)
 
 
 @dataclass
@@ -146,7 +137,7 @@ class SampOptions:
     rule: str = "left"
 
     def __post_init__(self) -> None:
-        _check_features_per_step(self.features_per_step)
+        check_features_per_step(self.features_per_step)
         if not isinstance(self.rule, str) or self.rule not in _RULES:
             raise ValueError(f"`rule` must be one of {_RULES}, got {self.rule!r}")
         if self.direction not in _DIRECTIONS:

@@ -19,6 +19,8 @@ __all__ = [
     "check_bool",
     "check_target",
     "check_additional_forward_args",
+    "check_features_per_step",
+    "features_per_step_count",
 ]
 
 
@@ -140,3 +142,24 @@ def check_additional_forward_args(additional_forward_args: Optional[Tuple], n_ex
                 f"`additional_forward_args`[{i}] is a tensor with {a.shape[0]} rows but there are "
                 f"{n_examples} examples: tensor arguments need one row per example (or no batch dimension)"
             )
+
+
+def check_features_per_step(value: Any, name: str = "features_per_step") -> None:
+    """``None`` (the caller's default rule), a positive int count, or a float fraction in ``(0, 1]``."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"`{name}` must be None, a positive int or a float in (0, 1], got {value!r}")
+    if isinstance(value, Integral):
+        check_positive_int(value, name)
+    elif not (math.isfinite(value) and 0 < value <= 1):
+        raise ValueError(f"`{name}` as a float is a fraction of the features and must lie in (0, 1], got {value!r}")
+
+
+def features_per_step_count(value: Any, n_features: int, name: str = "features_per_step") -> int:
+    """A checked int or fraction (see :func:`check_features_per_step`, not ``None``) as a count of features:
+    the int itself, or ``max(1, round(fraction * n_features))``."""
+    check_features_per_step(value, name)
+    if isinstance(value, Integral):
+        return int(value)
+    return max(1, int(round(value * n_features)))

@@ -1,6 +1,6 @@
 """Insertion and deletion: the causal metrics of RISE (Petsiuk, Das, Saenko, BMVC 2018).
 
-Features are ranked by attribution; starting from a *start* image, ``step`` features at a time (most
+Features are ranked by attribution; starting from a *start* image, ``features_per_step`` features at a time (most
 important first) are replaced by their value in a *finish* image and the model is scored after every
 step. Deletion goes from the input to a substrate (zeros), so a good attribution makes the score fall
 fast (low AUC is good); insertion goes from a substrate (the blurred input) to the input, so a good
@@ -13,15 +13,13 @@ through the model in chunks of at most ``max_examples_per_batch`` rows (default:
 elements, between 8 and 256 rows), so memory is bounded whatever the number of examples and steps.
 """
 
-import math
-from numbers import Integral, Real
 from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from captum_paths.attr._utils.features import unflatten_inputs
-from captum_paths.attr._utils.validation import check_generator
+from captum_paths.attr._utils.validation import check_generator, features_per_step_count
 from captum_paths.baselines import resolve_baselines
 from captum_paths.metrics._core._common import (
     ScoreSpec,
@@ -38,29 +36,21 @@ from captum_paths.metrics._core._common import (
     score_function,
 )
 
-__all__ = ["deletion", "insertion", "causal_curves", "features_per_step", "RISE_STEPS"]
+__all__ = ["deletion", "insertion", "causal_curves", "curve_features_per_step", "RISE_STEPS"]
 
 RISE_STEPS = 224  # RISE moves 224 pixels per step on 224x224 images: 224 steps, 225 points per curve
 
 _AUC_RULES = {"trapezoid": auc_trapezoid, "mean": auc_mean}
 
 
-def features_per_step(step: Union[None, int, float], n_features: int) -> int:
+def curve_features_per_step(features_per_step: Union[None, int, float], n_features: int) -> int:
     """Number of features moved per step: ``ceil(n_features / 224)`` for ``None`` (RISE's resolution: 224
     pixels per step at 224x224, 4 at 28x28, 5 at 32x32, 19 at 64x64; one per step below 224 features),
-    ``step`` itself for an int, ``max(1, round(step * n_features))`` for a float fraction in (0, 1].
+    the int itself, ``max(1, round(fraction * n_features))`` for a float fraction in (0, 1].
     Raises ``ValueError`` for anything else."""
-    if step is None:
+    if features_per_step is None:
         return max(1, -(-n_features // RISE_STEPS))
-    if isinstance(step, bool) or not isinstance(step, Real):
-        raise ValueError(f"`step` must be a positive int (features per step) or a float in (0, 1], got {step!r}")
-    if isinstance(step, Integral):
-        if step < 1:
-            raise ValueError(f"`step` must be a positive int (features per step), got {step!r}")
-        return int(step)
-    if not (math.isfinite(step) and 0 < step <= 1):
-        raise ValueError(f"a float `step` is a fraction of the features and must lie in (0, 1], got {step!r}")
-    return max(1, int(round(step * n_features)))
+    return features_per_step_count(features_per_step, n_features)
 
 
 def causal_curves(
@@ -71,7 +61,7 @@ def causal_curves(
     target: Any = None,
     additional_forward_args: Any = None,
     feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
-    step: Union[None, int, float] = None,
+    features_per_step: Union[None, int, float] = None,
     substrate: Any = "zeros",
     score: ScoreSpec = "softmax",
     max_examples_per_batch: Optional[int] = None,
@@ -87,7 +77,7 @@ def causal_curves(
         inputs, attributions, feature_mask, max_examples_per_batch
     )
     n = inputs_t[0].shape[0]
-    per_step = features_per_step(step, n_groups)
+    per_step = curve_features_per_step(features_per_step, n_groups)
     check_target(target, n)
     score_fn = score_function(score)
     chunk = rows_per_pass(max_examples_per_batch, inputs_t)
@@ -161,7 +151,7 @@ def deletion(
     target: Any = None,
     additional_forward_args: Any = None,
     feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
-    step: Union[None, int, float] = None,
+    features_per_step: Union[None, int, float] = None,
     substrate: Any = "zeros",
     score: ScoreSpec = "softmax",
     auc: str = "trapezoid",
@@ -187,13 +177,13 @@ def deletion(
     **The defaults are RISE's protocol** (Petsiuk et al. 2018, ``evaluation.py``'s ``CausalMetric``):
     softmax probability, substrate zeros, trapezoid AUC over ``K + 1`` evenly spaced points, no
     normalisation, and RISE's curve resolution at every size: ``s = ceil(G / 224)`` features per step
-    (``step=None``), exactly RISE's 224 pixels per step at 224x224 (so ``K = 224``); 4 at 28x28 (196
+    (``features_per_step=None``), exactly RISE's 224 pixels per step at 224x224 (so ``K = 224``); 4 at 28x28 (196
     steps), 5 at 32x32, 19 at 64x64, one per step below 224 features (``K = G``). RISE exactly:
     ``deletion(model, x, attr, target=model(x).argmax(1))`` on 224x224 images.
 
     **Reproducing the SAMP paper** (Zhang et al., ICLR 2024; the authors' ``Metric`` in
-    ``src/benchmark/metric.py``): ``deletion(model, x, attr, target=predicted_class, step=10,
-    substrate="zeros", score="logit", auc="mean", normalize=True)`` at 28x28 and 32x32, ``step=224 * 8``
+    ``src/benchmark/metric.py``): ``deletion(model, x, attr, target=predicted_class, features_per_step=10,
+    substrate="zeros", score="logit", auc="mean", normalize=True)`` at 28x28 and 32x32, ``features_per_step=224 * 8``
     at 224x224 (the authors' ImageNet harness): raw logit, the curve divided by the logit of the
     unperturbed input, AUC = mean of the ``K + 1`` points. Equal to the authors' numbers to float32
     rounding (``benchmarks/bench_metrics.py`` checks it), and at least as fast with the default chunks.
@@ -216,7 +206,7 @@ def deletion(
         feature_mask (Tensor or tuple of Tensor, optional): Captum-style integer group ids broadcastable
             to each input; a group is one feature (e.g. superpixels). Default: None (one feature per
             pixel for 4-D inputs, per element otherwise).
-        step (None, int or float): features moved per step (int), or a fraction of the features (float
+        features_per_step (None, int or float): features moved per step (int), or a fraction of the features (float
             in (0, 1], rounded to the nearest count, at least 1). Default: None, ``ceil(G / 224)`` (RISE's
             resolution, see above).
         substrate: the finish image: any baseline specification of
@@ -256,7 +246,7 @@ def deletion(
         target=target,
         additional_forward_args=additional_forward_args,
         feature_mask=feature_mask,
-        step=step,
+        features_per_step=features_per_step,
         substrate=substrate,
         score=score,
         max_examples_per_batch=max_examples_per_batch,
@@ -272,7 +262,7 @@ def insertion(
     target: Any = None,
     additional_forward_args: Any = None,
     feature_mask: Union[None, Tensor, Tuple[Tensor, ...]] = None,
-    step: Union[None, int, float] = None,
+    features_per_step: Union[None, int, float] = None,
     substrate: Any = "blur",
     score: ScoreSpec = "softmax",
     auc: str = "trapezoid",
@@ -293,9 +283,9 @@ def insertion(
     with zero padding, see :class:`~captum_paths.attr.Blur`): RISE exactly is
     ``insertion(model, x, attr, target=model(x).argmax(1))`` on 224x224 images.
 
-    **Reproducing the SAMP paper**: ``insertion(model, x, attr, target=predicted_class, step=10,
+    **Reproducing the SAMP paper**: ``insertion(model, x, attr, target=predicted_class, features_per_step=10,
     substrate="blur", score="logit", auc="mean", normalize=True)`` (the curve is divided by the logit of
-    the unperturbed input, i.e. its last point); at 224x224 the authors' harness uses ``step=224 * 8``
+    the unperturbed input, i.e. its last point); at 224x224 the authors' harness uses ``features_per_step=224 * 8``
     and ``substrate=Blur(31, 5)``.
 
     Args: as :func:`deletion`; ``substrate`` (the start image) defaults to ``"blur"``, which needs
@@ -316,7 +306,7 @@ def insertion(
         target=target,
         additional_forward_args=additional_forward_args,
         feature_mask=feature_mask,
-        step=step,
+        features_per_step=features_per_step,
         substrate=substrate,
         score=score,
         max_examples_per_batch=max_examples_per_batch,
