@@ -15,7 +15,9 @@ a chunk is either recorded whole or recomputed. The files are plain text: ``jq``
 The other files are written to a temporary name in the same folder and ``os.replace``-d into place.
 
 A folder whose ``settings.json`` differs from the current run's settings is refused
-(:class:`SettingsMismatch`), never mixed; ``overwrite=True`` clears it first.
+(:class:`SettingsMismatch`), never mixed; ``overwrite=True`` clears it first. The one difference
+allowed is the set of methods: a run may drop methods (say one that fails on your model) or add
+some; the methods both runs name must have the same knobs, and finished ones are reused.
 """
 
 import json
@@ -127,18 +129,37 @@ class ProgressStore:
                 old = json.loads(self.settings_path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 old = {"unreadable": True}
-            if old != settings:
-                diff = _differences(old, settings)
-                shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
-                raise SettingsMismatch(
-                    f"results folder {self.root.parent} holds a run with other settings ({shown}); "
-                    "choose another --out, or pass --overwrite to discard it"
-                )
+            merged = self._merge_methods(old, settings)
+            if merged != old:
+                atomic_write_text(self.settings_path, json.dumps(merged, indent=1, sort_keys=True))
             return True
         if any(self.root.glob("rank-*.jsonl")):
             raise SettingsMismatch(f"{self.root} holds results without settings.json; pass --overwrite to discard them")
         atomic_write_text(self.settings_path, json.dumps(settings, indent=1, sort_keys=True))
         return False
+
+    def _merge_methods(self, old: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Any]:
+        """The folder's settings after this run: the same everything, and methods with the same knobs.
+
+        A run may name fewer or more methods than the folder holds (its finished methods are reused,
+        new ones are added); a method with other knobs, or any other difference, is refused.
+        """
+        old_methods, new_methods = old.get("methods", {}), new.get("methods", {})
+        rest_old = {k: v for k, v in old.items() if k != "methods"}
+        rest_new = {k: v for k, v in new.items() if k != "methods"}
+        diff = _differences(rest_old, rest_new)
+        if isinstance(old_methods, dict) and isinstance(new_methods, dict):
+            shared = [m for m in new_methods if m in old_methods]
+            diff += _differences({m: old_methods[m] for m in shared}, {m: new_methods[m] for m in shared}, "methods.")
+        else:
+            diff.append("methods")
+        if diff:
+            shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
+            raise SettingsMismatch(
+                f"results folder {self.root.parent} holds a run with other settings ({shown}); "
+                "choose another --out, or pass --overwrite to discard it"
+            )
+        return dict(old, methods={**old_methods, **new_methods})
 
     def load(self) -> Dict[str, Dict[str, Any]]:
         """Every complete record in every rank's file, by key (a torn last line is skipped)."""

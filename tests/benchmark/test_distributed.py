@@ -116,9 +116,12 @@ def test_interrupted_run_resumes_to_the_same_results(runs, tmp_path, monkeypatch
     _assert_same_numbers(_results(root / "one"), _results(out))
 
 
-def test_a_folder_from_other_settings_is_refused(runs, capsys):
+def test_a_folder_from_other_settings_is_refused(runs, capsys, tmp_path):
+    import shutil
+
     root, _ = runs
-    out = root / "one"
+    out = tmp_path / "one"
+    shutil.copytree(root / "one", out)  # the other tests compare with the original
     before = (out / "results.json").read_text()
     argv = ARGS + ["--cache-dir", str(root / "cache"), "--out", str(out)]
     n = argv.index("--n-images")
@@ -128,9 +131,28 @@ def test_a_folder_from_other_settings_is_refused(runs, capsys):
     assert "holds a run with other settings" in err and "n_images: 4 -> 3" in err and "--overwrite" in err
     assert len(err.strip().splitlines()) == 1
     assert (out / "results.json").read_text() == before  # nothing mixed in, nothing rewritten
+    # fewer methods is not other settings: the finished ones are reused, nothing is computed
     methods = argv.index("--methods")
-    fewer = argv[: methods + 1] + ["samp++,eg"] + argv[methods + 2 :]
-    assert main(fewer) == 2 and "methods" in capsys.readouterr().err
+    fewer = argv[: methods + 1] + ["random,eg"] + argv[methods + 2 :]
+    assert main(fewer) == 0 and "resuming" in capsys.readouterr().out
+    again = _results(out)
+    assert list(again["methods"]) == ["random", "eg"]
+    assert again["methods"]["eg"]["per_image"] == json.loads(before)["methods"]["eg"]["per_image"]
+
+
+def test_settings_may_differ_in_the_set_of_methods_only(tmp_path):
+    from captum_paths.benchmark.progress import ProgressStore, SettingsMismatch
+
+    store = ProgressStore(tmp_path)
+    base = {"seed": 0, "methods": {"ig": {"n_steps": 50}, "eg": {"n_samples": 20}}}
+    assert store.check_settings(base) is False
+    assert store.check_settings({"seed": 0, "methods": {"ig": {"n_steps": 50}, "lpi": {"n": 3}}}) is True
+    assert set(json.loads(store.settings_path.read_text())["methods"]) == {"ig", "eg", "lpi"}
+    with pytest.raises(SettingsMismatch, match=r"methods\.ig\.n_steps: 50 -> 32"):
+        store.check_settings({"seed": 0, "methods": {"ig": {"n_steps": 32}}})
+    with pytest.raises(SettingsMismatch, match="seed: 0 -> 1"):
+        store.check_settings({"seed": 1, "methods": {"ig": {"n_steps": 50}}})
+    assert store.check_settings({"seed": 1, "methods": {}}, overwrite=True) is False
 
 
 def test_per_image_seeds_depend_on_seed_and_index_only():
