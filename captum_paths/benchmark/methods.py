@@ -133,6 +133,7 @@ def _samp_builder(eta: Optional[float], momentum: Optional[float]):
                 direction="both",
                 insertion_start=blur,
                 internal_batch_size=ctx.internal_batch_size,
+                show_progress=ctx.show_progress,
             )
 
         return explain
@@ -151,7 +152,14 @@ def _lpi_build(n_neighborhoods: int, n_references: int, n_samples: int, estimato
         gen = torch.Generator().manual_seed(ctx.seed)  # LPI draws on a CPU generator, any device
 
         def explain(x: Tensor, target: Tensor) -> Tensor:
-            return lpi.attribute(x, target=target, n_samples=n_samples, estimator=estimator, generator=gen)
+            return lpi.attribute(
+                x,
+                target=target,
+                n_samples=n_samples,
+                estimator=estimator,
+                generator=gen,
+                show_progress=ctx.show_progress,
+            )
 
         return explain
 
@@ -173,6 +181,7 @@ def _ggig_build(n_steps: int, n_iterations: int, learning_rate: float):
                 n_iterations=n_iterations,
                 learning_rate=learning_rate,
                 internal_batch_size=ctx.internal_batch_size,
+                show_progress=ctx.show_progress,
             )
 
         return explain
@@ -188,7 +197,7 @@ def _ablation_build(params: Dict[str, Any]):
         blur = Blur(*ctx.blur)
 
         def explain(x: Tensor, target: Tensor) -> Tensor:
-            return ablation.attribute(x, baselines=blur, target=target, **params)
+            return ablation.attribute(x, baselines=blur, target=target, show_progress=ctx.show_progress, **params)
 
         return explain
 
@@ -231,14 +240,14 @@ def _eg_build(n_samples: int):
     return build
 
 
-def _package_build(class_name: str, params: Dict[str, Any], with_ibs: bool = True):
+def _package_build(class_name: str, params: Dict[str, Any]):
     """A method of this package by its public name, run with ``params`` (and the context's memory bound)."""
 
     def build(model: nn.Module, ctx: MethodContext) -> Explain:
         import captum_paths
 
         method = getattr(captum_paths, class_name)(model)
-        extra = {"internal_batch_size": ctx.internal_batch_size} if with_ibs else {}
+        extra = {"internal_batch_size": ctx.internal_batch_size, "show_progress": ctx.show_progress}
 
         def explain(x: Tensor, target: Tensor) -> Tensor:
             return method.attribute(x, target=target, **params, **extra)
@@ -256,7 +265,14 @@ def _agi_build(params: Dict[str, Any]):
         gen = torch.Generator().manual_seed(ctx.seed)  # the random false classes of the LPI paper's setting
 
         def explain(x: Tensor, target: Tensor) -> Tensor:
-            return agi.attribute(x, target=target, generator=gen, internal_batch_size=ctx.internal_batch_size, **params)
+            return agi.attribute(
+                x,
+                target=target,
+                generator=gen,
+                internal_batch_size=ctx.internal_batch_size,
+                show_progress=ctx.show_progress,
+                **params,
+            )
 
         return explain
 

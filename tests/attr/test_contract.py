@@ -271,8 +271,8 @@ def test_swapped_gradient_func_is_used(name, model, x):
 class _RecordingBar:
     bars = []
 
-    def __init__(self, total=None, desc="", unit="", leave=False):
-        self.total, self.desc, self.unit, self.n = total, desc, unit, 0
+    def __init__(self, total=None, desc="", unit="", leave=False, delay=0.0):
+        self.total, self.desc, self.unit, self.n, self.delay = total, desc, unit, 0, delay
         _RecordingBar.bars.append(self)
 
     def update(self, n=1):
@@ -306,11 +306,13 @@ def test_show_progress_counts_model_passes(name, model, x, monkeypatch):
     with _counting_rows(model) as rows:
         method.attribute(x, target=1, show_progress=True, **kwargs_of(name))
     bar = _RecordingBar.bars[-1]
-    assert bar.unit == "pass" and name in bar.desc
+    assert bar.unit == "pass" and name in bar.desc and bar.delay == 0
     assert bar.n == sum(rows) and 0 < bar.n <= bar.total
     _RecordingBar.bars = []
-    method.attribute(x, target=1, **kwargs_of(name))
+    method.attribute(x, target=1, show_progress=False, **kwargs_of(name))
     assert not _RecordingBar.bars
+    method.attribute(x, target=1, **kwargs_of(name))  # the default: a bar that shows itself after a few seconds
+    assert len(_RecordingBar.bars) == 1 and _RecordingBar.bars[0].delay >= 1
 
 
 # ------------------------------------------------------------------------------------------ no side effects

@@ -285,7 +285,7 @@ class AblationPath(PathAttribution):
         return_convergence_delta: Literal[False] = False,
         return_path: Literal[False] = False,
         generator: Union[None, int, torch.Generator] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
     ) -> TensorOrTuple: ...
 
     @overload
@@ -310,7 +310,7 @@ class AblationPath(PathAttribution):
         return_convergence_delta: Literal[False] = False,
         return_path: Literal[True],
         generator: Union[None, int, torch.Generator] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
     ) -> Tuple[TensorOrTuple, AblationPathResult]: ...
 
     @log_usage()
@@ -335,7 +335,7 @@ class AblationPath(PathAttribution):
         return_convergence_delta: bool = False,
         return_path: bool = False,
         generator: Union[None, int, torch.Generator] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
     ) -> Union[TensorOrTuple, Tuple[TensorOrTuple, AblationPathResult]]:
         r"""
         Args:
@@ -377,7 +377,9 @@ class AblationPath(PathAttribution):
                 :func:`~captum_paths.attr._core.base.default_internal_batch_size`).
             return_convergence_delta (bool): must be False: ablation paths have no completeness property.
             return_path (bool): also return the :class:`AblationPathResult`.
-            show_progress (bool): a tqdm bar over the model evaluations.
+            show_progress (bool or None, optional): a tqdm bar counting model passes (images through the
+                model): ``True`` shows it, ``False`` never; ``None`` (default) shows it once the call has run
+                for 5 seconds, so that long calls report their progress and short ones stay silent.
             generator (None, int or torch.Generator): for random baselines (``"uniform"``,
                 ``"gaussian"``); the optimisation itself is deterministic.
 

@@ -238,7 +238,7 @@ class AdversarialGradientIntegration(PathAttribution):
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: Literal[False] = False,
         generator: Union[None, int, torch.Generator] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
     ) -> TensorOrTuple: ...
 
     @overload
@@ -260,7 +260,7 @@ class AdversarialGradientIntegration(PathAttribution):
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: Literal[True],
         generator: Union[None, int, torch.Generator] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
     ) -> Tuple[TensorOrTuple, Tensor]: ...
 
     @log_usage()
@@ -282,7 +282,7 @@ class AdversarialGradientIntegration(PathAttribution):
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: bool = False,
         generator: Union[None, int, torch.Generator] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
     ) -> Union[TensorOrTuple, Tuple[TensorOrTuple, Tensor]]:
         r"""
         Args:
@@ -324,7 +324,9 @@ class AdversarialGradientIntegration(PathAttribution):
             generator (None, int or torch.Generator, optional): Source of the ``"random"`` false classes (an
                     int seeds a fresh CPU generator; torch's global RNG is untouched when one is given).
                     Default: None (torch's global CPU generator).
-            show_progress (bool, optional): A tqdm bar counting chain steps. Default: False.
+            show_progress (bool or None, optional): a tqdm bar counting model passes (images through the
+                model): ``True`` shows it, ``False`` never; ``None`` (default) shows it once the call has run
+                for 5 seconds, so that long calls report their progress and short ones stay silent.
 
         Returns:
             **attributions** (Tensor or tuple[Tensor, ...]): One tensor per input, of the input's shape.

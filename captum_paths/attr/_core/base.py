@@ -281,7 +281,7 @@ class PathAttribution(GradientAttribution):
         internal_batch_size: Optional[int],
         return_convergence_delta: bool,
         generator: Union[None, int, torch.Generator],
-        show_progress: bool,
+        show_progress: Optional[bool],
         return_path: bool = False,
     ):
         """Format, validate, run the method's path with progress, then pack the return value."""
@@ -306,7 +306,8 @@ class PathAttribution(GradientAttribution):
         """Every check of the contract, before any model pass; returns the formatted call."""
         need_delta = check_bool(return_convergence_delta, "return_convergence_delta")
         need_path = check_bool(return_path, "return_path")
-        check_bool(show_progress, "show_progress")
+        if show_progress is not None:
+            check_bool(show_progress, "show_progress")
         if need_delta and not self._completeness:
             raise ValueError(
                 f"{type(self).__name__} has no completeness property: `return_convergence_delta` must be False"

@@ -168,7 +168,7 @@ class GeometricallyGuidedIG(PathAttribution):
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: Literal[False] = False,
         generator: Union[None, int, torch.Generator] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
     ) -> TensorOrTuple: ...
 
     @overload
@@ -187,7 +187,7 @@ class GeometricallyGuidedIG(PathAttribution):
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: Literal[True],
         generator: Union[None, int, torch.Generator] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
     ) -> Tuple[TensorOrTuple, Tensor]: ...
 
     @log_usage()
@@ -206,7 +206,7 @@ class GeometricallyGuidedIG(PathAttribution):
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: bool = False,
         generator: Union[None, int, torch.Generator] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
     ) -> Union[TensorOrTuple, Tuple[TensorOrTuple, Tensor]]:
         r"""
         Args:
@@ -251,7 +251,9 @@ class GeometricallyGuidedIG(PathAttribution):
                     trapezoid-rule IG). The two
                     scores come from the first pass at the end points, at no extra cost.
                     Default: False.
-            show_progress (bool, optional): Show a tqdm bar counting point gradients. Default False.
+            show_progress (bool or None, optional): a tqdm bar counting model passes (images through the
+                model): ``True`` shows it, ``False`` never; ``None`` (default) shows it once the call has run
+                for 5 seconds, so that long calls report their progress and short ones stay silent.
             generator (None, int or torch.Generator, optional): Source of randomness for random
                     baselines (``"uniform"``, ``"gaussian"``, ...). GGIG itself is deterministic.
 

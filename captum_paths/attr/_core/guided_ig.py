@@ -218,7 +218,7 @@ class GuidedIG(PathAttribution):
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: Literal[False] = False,
         generator: Union[None, int, torch.Generator] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
     ) -> TensorOrTuple: ...
 
     @overload
@@ -236,7 +236,7 @@ class GuidedIG(PathAttribution):
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: Literal[True],
         generator: Union[None, int, torch.Generator] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
     ) -> Tuple[TensorOrTuple, Tensor]: ...
 
     @log_usage()
@@ -254,7 +254,7 @@ class GuidedIG(PathAttribution):
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: bool = False,
         generator: Union[None, int, torch.Generator] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
     ) -> Union[TensorOrTuple, Tuple[TensorOrTuple, Tensor]]:
         r"""
         Args:
@@ -291,7 +291,9 @@ class GuidedIG(PathAttribution):
                     with ``idgi``). Default: False.
             generator (None, int or torch.Generator, optional): Randomness of random baselines only; Guided IG
                     is deterministic. Default: None.
-            show_progress (bool, optional): tqdm bar counting model passes. Default: False.
+            show_progress (bool or None, optional): a tqdm bar counting model passes (images through the
+                model): ``True`` shows it, ``False`` never; ``None`` (default) shows it once the call has run
+                for 5 seconds, so that long calls report their progress and short ones stay silent.
 
         Returns:
             **attributions** or (**attributions**, **delta**): one tensor per input of the input's shape (a

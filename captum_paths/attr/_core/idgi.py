@@ -211,7 +211,7 @@ class IDGI(PathAttribution):
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: Literal[False] = False,
         generator: Union[None, int, torch.Generator] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
     ) -> TensorOrTuple: ...
 
     @overload
@@ -228,7 +228,7 @@ class IDGI(PathAttribution):
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: Literal[True],
         generator: Union[None, int, torch.Generator] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
     ) -> Tuple[TensorOrTuple, Tensor]: ...
 
     @log_usage()
@@ -245,7 +245,7 @@ class IDGI(PathAttribution):
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: bool = False,
         generator: Union[None, int, torch.Generator] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
     ) -> Union[TensorOrTuple, Tuple[TensorOrTuple, Tensor]]:
         r"""
         Args:
@@ -277,7 +277,9 @@ class IDGI(PathAttribution):
                     guard. The two scores come from the passes already run. Default: False.
             generator (None, int or torch.Generator, optional): For random baselines only; IDGI itself is
                     deterministic.
-            show_progress (bool, optional): tqdm bar counting model passes (images). Default: False.
+            show_progress (bool or None, optional): a tqdm bar counting model passes (images through the
+                model): ``True`` shows it, ``False`` never; ``None`` (default) shows it once the call has run
+                for 5 seconds, so that long calls report their progress and short ones stay silent.
 
         Returns:
             **attributions** or (**attributions**, **delta**): one tensor per input, the input's shape (a

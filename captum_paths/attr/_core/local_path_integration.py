@@ -298,7 +298,7 @@ class LocalPathIntegration(PathAttribution):
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: Literal[False] = False,
         generator: Union[None, int, torch.Generator] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
     ) -> TensorOrTuple: ...
 
     @overload
@@ -316,7 +316,7 @@ class LocalPathIntegration(PathAttribution):
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: Literal[True],
         generator: Union[None, int, torch.Generator] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
     ) -> Tuple[TensorOrTuple, Tensor]: ...
 
     @log_usage()
@@ -334,7 +334,7 @@ class LocalPathIntegration(PathAttribution):
         internal_batch_size: Optional[int] = None,
         return_convergence_delta: bool = False,
         generator: Union[None, int, torch.Generator] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
     ) -> Union[TensorOrTuple, Tuple[TensorOrTuple, Tensor]]:
         r"""LPI attributions, in the shape of ``inputs`` (see the class docstring for the maths and both estimators).
 
@@ -371,7 +371,9 @@ class LocalPathIntegration(PathAttribution):
             generator (torch.Generator or int, optional): source of every random draw (a CPU or CUDA
                 generator; an int seeds a fresh CPU one), consumed example by example. Default None: torch's
                 global CPU generator.
-            show_progress (bool): show a progress bar counting model passes (rows).
+            show_progress (bool or None, optional): a tqdm bar counting model passes (images through the
+                model): ``True`` shows it, ``False`` never; ``None`` (default) shows it once the call has run
+                for 5 seconds, so that long calls report their progress and short ones stay silent.
 
         Returns:
             attributions (Tensor or tuple of Tensor) in the shape of ``inputs``, and ``delta`` ``(N,)`` if

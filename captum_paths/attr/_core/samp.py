@@ -272,7 +272,7 @@ class SampAttribution(PathAttribution):
         return_convergence_delta: Literal[False] = False,
         return_path: Literal[False] = False,
         generator: Union[None, int, torch.Generator] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
     ) -> TensorOrTuple: ...
 
     @overload
@@ -296,7 +296,7 @@ class SampAttribution(PathAttribution):
         return_convergence_delta: Literal[True],
         return_path: Literal[False] = False,
         generator: Union[None, int, torch.Generator] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
     ) -> Tuple[TensorOrTuple, Tensor]: ...
 
     @overload
@@ -320,7 +320,7 @@ class SampAttribution(PathAttribution):
         return_convergence_delta: bool = False,
         return_path: Literal[True],
         generator: Union[None, int, torch.Generator] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
     ) -> Tuple[TensorOrTuple, SampPath]: ...
 
     @log_usage()
@@ -344,7 +344,7 @@ class SampAttribution(PathAttribution):
         return_convergence_delta: bool = False,
         return_path: bool = False,
         generator: Union[None, int, torch.Generator] = None,
-        show_progress: bool = False,
+        show_progress: Optional[bool] = None,
     ) -> Union[TensorOrTuple, Tuple[TensorOrTuple, Tensor], Tuple[TensorOrTuple, SampPath]]:
         r"""
         Args:
@@ -393,7 +393,9 @@ class SampAttribution(PathAttribution):
                 Default: ``"left"``.
             generator (torch.Generator or int, optional): randomness for random baseline specifications
                 (``"uniform"``, ``"gaussian"``); the path itself is deterministic.
-            show_progress (bool, optional): show a progress bar over steps.
+            show_progress (bool or None, optional): a tqdm bar counting model passes (images through the
+                model): ``True`` shows it, ``False`` never; ``None`` (default) shows it once the call has run
+                for 5 seconds, so that long calls report their progress and short ones stay silent.
 
         Returns:
             *Tensor* or *tuple[Tensor, ...]* of **attributions**, the inputs' shapes and format; then

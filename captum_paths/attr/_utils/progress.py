@@ -5,14 +5,21 @@ from typing import Iterator, Optional
 
 from tqdm import tqdm  # plain bars: tqdm.auto warns in notebooks without ipywidgets
 
-__all__ = ["progress_bar", "chunk_slices"]
+__all__ = ["progress_bar", "chunk_slices", "AUTO_PROGRESS_SECONDS"]
+
+#: with ``show_progress=None`` a bar appears once a call has run this long (short calls stay silent)
+AUTO_PROGRESS_SECONDS = 5.0
 
 
 @contextmanager
-def progress_bar(show_progress: bool, total: Optional[int] = None, desc: str = "", unit: str = "it") -> Iterator:
-    """A tqdm bar when ``show_progress``, otherwise an object whose ``update`` does nothing."""
-    if show_progress:
-        bar = tqdm(total=total, desc=desc, unit=unit, leave=False)
+def progress_bar(
+    show_progress: Optional[bool], total: Optional[int] = None, desc: str = "", unit: str = "it"
+) -> Iterator:
+    """A tqdm bar when ``show_progress`` is True; with ``None``, one that shows itself only after
+    :data:`AUTO_PROGRESS_SECONDS`; with False an object whose ``update`` does nothing."""
+    if show_progress is None or show_progress:
+        delay = AUTO_PROGRESS_SECONDS if show_progress is None else 0.0
+        bar = tqdm(total=total, desc=desc, unit=unit, leave=False, delay=delay)
         try:
             yield bar
         finally:
