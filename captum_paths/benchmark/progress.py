@@ -23,11 +23,12 @@ some; the methods both runs name must have the same knobs, and finished ones are
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
 import torch
+
+from captum_paths._io import atomic_path
 
 __all__ = ["ProgressStore", "SettingsMismatch", "atomic_write_text", "atomic_torch_save"]
 
@@ -45,18 +46,8 @@ def atomic_write_text(path: Path, text: str) -> None:
         path (Path): the destination.
         text (str): the content (UTF-8).
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -66,16 +57,8 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         obj: tensors and plain containers (so that ``torch.load(weights_only=True)`` reads them).
         path (Path): the destination.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _differences(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> List[str]:

@@ -329,16 +329,8 @@ def _curves_figure(results: Dict[str, Any]):
 
 
 def _save_figure(fig, path: Path) -> None:
-    """``fig.savefig`` to a temporary file in the same folder, then ``os.replace``."""
-    import os
-    import tempfile
+    """``fig.savefig`` to a temporary file in the same folder, then renamed into place."""
+    from captum_paths._io import atomic_path
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=str(path.parent))
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -143,7 +143,8 @@ def test_failed_save_keeps_the_old_file(bank, tmp_path, monkeypatch):
     before = path.read_bytes()
 
     def broken_save(obj, f):
-        f.write(b"partial")
+        with open(f, "wb") as file:  # a partial write, then the failure
+            file.write(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)

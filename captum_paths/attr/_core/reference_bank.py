@@ -21,7 +21,6 @@ Banks are saved as a dictionary of plain tensors, numbers and strings read back 
 
 import hashlib
 import os
-import tempfile
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from captum_paths._io import atomic_path
 from captum_paths.attr._utils.progress import progress_bar
 from captum_paths.attr._utils.validation import check_positive_int
 
@@ -576,19 +576,8 @@ class ReferenceBank:
         none, is written as version 1 again.
         """
         state = self._state()
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".refbank-", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], map_location: Any = "cpu") -> "ReferenceBank":
