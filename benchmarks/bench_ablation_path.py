@@ -83,7 +83,12 @@ def main():
     method = AblationPath(model)
     kwargs = dict(n_steps=args.n_steps, n_iterations=args.n_iterations, internal_batch_size=args.internal_batch_size)
 
-    # --- quality: saturation per iteration, path score vs straight line
+    report_quality(method, x, target, args, kwargs)
+    report_speed(method, model, x, target, args, kwargs)
+
+
+def report_quality(method, x, target, args, kwargs):
+    """Saturation per iteration and the path score against the straight line."""
     _, result = method.attribute(x, target=target, return_path=True, **kwargs)
     straight = result.path_score_history[:, 0]
     print(
@@ -107,7 +112,9 @@ def main():
             f"{args.n_iterations}; {summary}; path score at stop {stopped.path_score.mean():.4f}"
         )
 
-    # --- speed: AblationPath vs the bare model evaluations, alternating
+
+def report_speed(method, model, x, target, args, kwargs):
+    """AblationPath against the bare model evaluations it needs, alternating."""
     ours, bare = [], []
     for _ in range(args.repeats):
         start = time.perf_counter()

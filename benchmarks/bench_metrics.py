@@ -150,6 +150,13 @@ def main(argv=None):
     if args.explainattr:
         compare_with_authors(model, x, attr, args.step, args.repeats, args.explainattr)
 
+    time_chunk_sizes(model, x, attr, y, args, points, rows)
+    if not args.skip_loop:
+        time_against_a_loop(model, x, attr, y, args)
+
+
+def time_chunk_sizes(model, x, attr, y, args, points, rows):
+    """Insertion + deletion at each chunk size against the bare forwards of as many rows, interleaved."""
     for batch in args.batch:
         chunk = 10**9 if batch == 0 else batch
         label = "all" if batch == 0 else str(chunk)
@@ -188,27 +195,29 @@ def main(argv=None):
             f"{CPU_TIMES['bare']:.3f} s, ratio {CPU_TIMES['metric'] / CPU_TIMES['bare']:.2f}x"
         )
 
-    if not args.skip_loop:
 
-        def batched():
-            return (
-                deletion(model, x, attr, target=y, features_per_step=args.step, score="logit"),
-                insertion(model, x, attr, target=y, features_per_step=args.step, score="logit"),
-            )
+def time_against_a_loop(model, x, attr, y, args):
+    """The batched metrics against a loop over images, one at a time."""
 
-        # batched timed before and after the loop: the machine's load may change in between
-        t_before, (d, i) = best_of(batched, args.repeats, "before")
-        t_loop, loop_aucs = best_of(lambda: loop_one_at_a_time(model, x, attr, y, args.step), 1, "loop")
-        t_after, _ = best_of(batched, args.repeats, "after")
-        same = torch.allclose(loop_aucs, torch.cat([d, i]), atol=1e-4)
-        t_metric = min(t_before, t_after)
-        print(
-            f"one-image-at-a-time loop: {t_loop:.3f} s; batched (all rows) {t_before:.3f} s before, "
-            f"{t_after:.3f} s after the loop: {t_loop / t_metric:.1f}x faster (wall); CPU: loop "
-            f"{CPU_TIMES['loop']:.3f} s, batched {min(CPU_TIMES['before'], CPU_TIMES['after']):.3f} s: "
-            f"{CPU_TIMES['loop'] / min(CPU_TIMES['before'], CPU_TIMES['after']):.1f}x; same AUCs: {same}"
+    def batched():
+        return (
+            deletion(model, x, attr, target=y, features_per_step=args.step, score="logit"),
+            insertion(model, x, attr, target=y, features_per_step=args.step, score="logit"),
         )
-        print(f"mean deletion AUC {d.mean():.4f}, mean insertion AUC {i.mean():.4f} (Saliency, logit, trapezoid)")
+
+    # batched timed before and after the loop: the machine's load may change in between
+    t_before, (d, i) = best_of(batched, args.repeats, "before")
+    t_loop, loop_aucs = best_of(lambda: loop_one_at_a_time(model, x, attr, y, args.step), 1, "loop")
+    t_after, _ = best_of(batched, args.repeats, "after")
+    same = torch.allclose(loop_aucs, torch.cat([d, i]), atol=1e-4)
+    t_metric = min(t_before, t_after)
+    print(
+        f"one-image-at-a-time loop: {t_loop:.3f} s; batched (all rows) {t_before:.3f} s before, "
+        f"{t_after:.3f} s after the loop: {t_loop / t_metric:.1f}x faster (wall); CPU: loop "
+        f"{CPU_TIMES['loop']:.3f} s, batched {min(CPU_TIMES['before'], CPU_TIMES['after']):.3f} s: "
+        f"{CPU_TIMES['loop'] / min(CPU_TIMES['before'], CPU_TIMES['after']):.1f}x; same AUCs: {same}"
+    )
+    print(f"mean deletion AUC {d.mean():.4f}, mean insertion AUC {i.mean():.4f} (Saliency, logit, trapezoid)")
 
 
 if __name__ == "__main__":
