@@ -1,12 +1,17 @@
 """Path attribution methods, drop-in beside ``captum.attr.IntegratedGradients``.
 
-Every method subclasses :class:`PathAttribution`, which owns the Captum contract (see its module,
-``captum_paths.attr._core.base``); baseline specifications live in :mod:`captum_paths.baselines`.
+Every method subclasses :class:`PathAttribution`, which owns the Captum contract; baseline specifications
+live in :mod:`captum_paths.baselines`; docs/naming.md lists the one name each concept has.
 """
 
 from captum_paths.attr._core.ablation_path import AblationPath, AblationPathResult
 from captum_paths.attr._core.agi import AdversarialGradientIntegration
-from captum_paths.attr._core.base import PathAttribution, PathResult
+from captum_paths.attr._core.base import (
+    LARGE_CALL_PASSES,
+    PathAttribution,
+    PathResult,
+    default_internal_batch_size,
+)
 from captum_paths.attr._core.blur_ig import BlurIG
 from captum_paths.attr._core.geometrically_guided_ig import GeometricallyGuidedIG
 from captum_paths.attr._core.guided_ig import GuidedIG
@@ -29,6 +34,8 @@ __all__ = [
     # the base and its result type
     "PathAttribution",
     "PathResult",
+    "default_internal_batch_size",
+    "LARGE_CALL_PASSES",
     # the methods
     "SampAttribution",
     "SampPath",

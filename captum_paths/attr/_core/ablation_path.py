@@ -374,7 +374,7 @@ class AblationPath(PathAttribution):
                 optimisation state: examples are optimised in groups of ``max(1, internal_batch_size //
                 (T - 2))`` (examples are independent, so the result is the same). ``None``: automatic, at
                 most 2**22 input elements per pass (see
-                :func:`~captum_paths.attr._core.base.default_internal_batch_size`).
+                :func:`~captum_paths.attr.default_internal_batch_size`).
             return_convergence_delta (bool): must be False: ablation paths have no completeness property.
             return_path (bool): also return the :class:`AblationPathResult`.
             show_progress (bool or None, optional): a tqdm bar counting model passes (images through the

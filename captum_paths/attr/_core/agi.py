@@ -319,7 +319,7 @@ class AdversarialGradientIntegration(PathAttribution):
                     None: no clamping. Reference: ``(0, 1)`` (its images are in [0, 1]). Default: (0, 1).
             internal_batch_size (int, optional): At most this many chains (rows) per model pass; memory is
                     proportional to it. ``None``: automatic, at most 2**22 input elements per pass (see
-                    :func:`~captum_paths.attr._core.base.default_internal_batch_size`). Default: None.
+                    :func:`~captum_paths.attr.default_internal_batch_size`). Default: None.
             return_convergence_delta (bool, optional): Must be False: AGI has no completeness.
             generator (None, int or torch.Generator, optional): Source of the ``"random"`` false classes (an
                     int seeds a fresh CPU generator; torch's global RNG is untouched when one is given).

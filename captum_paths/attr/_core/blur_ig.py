@@ -260,7 +260,7 @@ class BlurIG(PathAttribution):
                     docstring); one extra forward pass per example. Default: False.
             internal_batch_size (int, optional): At most this many path points (rows, of any examples and
                     levels) per model pass. ``None``: automatic, at most 2**22 input elements per pass (see
-                    :func:`~captum_paths.attr._core.base.default_internal_batch_size`). Default: None.
+                    :func:`~captum_paths.attr.default_internal_batch_size`). Default: None.
             return_convergence_delta (bool, optional): Also return, per example,
                     ``sum(attributions) - (f(x) - f(Blur(x, sigma_T)))``; one forward pass per example
                     (shared with ``idgi``). Default: False.

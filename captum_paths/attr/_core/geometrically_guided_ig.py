@@ -243,7 +243,7 @@ class GeometricallyGuidedIG(PathAttribution):
             internal_batch_size (int, optional): At most this many points (rows) per forward+backward
                     pass; points of different examples share a pass. Memory is proportional to it and
                     independent of ``m``. ``None``: automatic, at most 2**22 input elements per pass (see
-                    :func:`~captum_paths.attr._core.base.default_internal_batch_size`). Default: None.
+                    :func:`~captum_paths.attr.default_internal_batch_size`). Default: None.
             return_convergence_delta (bool, optional): Also return, per example,
                     ``sum(attributions) - (f_t(x) - f_t(x'))``. GGIG does not promise completeness:
                     this is a diagnostic of how far it is from it (with ``m = 1``,

@@ -283,7 +283,7 @@ class GuidedIG(PathAttribution):
             internal_batch_size (int, optional): At most this many examples per forward+backward pass (the
                     ``N`` examples' current points are one batch per step). ``None``: automatic, at most 2**22
                     input elements per pass (see
-                    :func:`~captum_paths.attr._core.base.default_internal_batch_size`).
+                    :func:`~captum_paths.attr.default_internal_batch_size`).
                     Default: None.
             return_convergence_delta (bool, optional): Also return, per example,
                     ``sum(attributions) - (f(x) - f(x'))`` (the Riemann error of Guided IG's path integral;

@@ -271,7 +271,7 @@ class IDGI(PathAttribution):
                     ``"softmax"``: its softmax probability over dim 1 (needs ``(N, n_classes)`` outputs).
             internal_batch_size (int, optional): At most this many rows (path points of any examples) per
                     model pass. ``None``: automatic, at most 2**22 input elements per pass (see
-                    :func:`~captum_paths.attr._core.base.default_internal_batch_size`). Default: None.
+                    :func:`~captum_paths.attr.default_internal_batch_size`). Default: None.
             return_convergence_delta (bool, optional): Also return ``sum(attributions) - (y(x) - y(x'))``
                     per example, ``(N,)``: rounding only, unless a segment was skipped by the zero-gradient
                     guard. The two scores come from the passes already run. Default: False.

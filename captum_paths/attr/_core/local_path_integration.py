@@ -363,7 +363,7 @@ class LocalPathIntegration(PathAttribution):
                 ``"sampled"`` (references drawn by density with replacement).
             internal_batch_size (int, optional): at most this many interpolated points per forward and
                 backward pass (bounds memory). ``None``: automatic, at most 2**22 input elements per pass (see
-                :func:`~captum_paths.attr._core.base.default_internal_batch_size`). Default: None.
+                :func:`~captum_paths.attr.default_internal_batch_size`). Default: None.
             return_convergence_delta (bool): also return ``delta`` ``(N,)``: the attributions' sum minus
                 ``f_t(x) - sum_m w_m f_t(r_m)`` over the references used (``"stratified"``: all ``R_g`` with
                 their densities, ``R_g`` extra forward rows per example; ``"sampled"``: the ``n_samples`` drawn,

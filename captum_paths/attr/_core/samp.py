@@ -238,7 +238,7 @@ class SampAttribution(PathAttribution):
     ``min(ceil(G / s) + ceil(1 / eta), max_steps)`` steps for ``G`` feature groups (without the IC, drop the
     ``1 / eta`` term; ``G`` is ``H * W`` for images): about 80-113 with the defaults at any image size. A small
     ``eta`` or ``s`` makes it grow as ``1 / eta`` and ``G / s``: calls estimated above
-    :data:`~captum_paths.attr._core.base.LARGE_CALL_PASSES` passes warn with their estimate.
+    :data:`~captum_paths.attr.LARGE_CALL_PASSES` passes warn with their estimate.
     """
 
     _has_path_result = True
@@ -377,7 +377,7 @@ class SampAttribution(PathAttribution):
                 sigma 5 (``Blur(klen, sigma)`` sets them).
             internal_batch_size (int, optional): at most this many paths (example x direction) run and
                 are forwarded together; the rest wait for the next chunk. ``None``: automatic, at most 2**22
-                input elements per pass (see :func:`~captum_paths.attr._core.base.default_internal_batch_size`).
+                input elements per pass (see :func:`~captum_paths.attr.default_internal_batch_size`).
             max_steps (int, optional): stop every path after this many steps even if unfinished (for a
                 budget; completeness then no longer holds). Default: run to the end point.
             return_convergence_delta (bool, optional): also return, per example,
