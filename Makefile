@@ -33,7 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python -m captum_paths.benchmark
 
 bench-quick: $(STAMP)
-	$(BIN)/python -m captum_paths.benchmark --quick
+	$(BIN)/python -m captum_paths.benchmark --quick --out benchmark-results-quick --overwrite
 
 tutorials: $(STAMP)
 	$(BIN)/python tutorials/run_tutorials.py
