@@ -260,7 +260,10 @@ def diffid(
     the attributions changes nothing; with ``absolute=False`` the ranking uses the signed sum and
     negating the attributions swaps the games, negating ``diff``. LPI removes ``int(r * C*H*W)``
     elements of a per-element ranking in which a pixel's channels tie; removing whole pixels here
-    differs only in the at most one pixel that LPI may split across the cut.
+    differs only in the at most one pixel that LPI may split across the cut. Ties between features are
+    broken by feature index here (lower first, deterministic); LPI's evaluator sorts with an unstable sort,
+    so its order among tied features is arbitrary (maps with large tied regions, e.g. zeros, can score
+    differently from run to run there).
 
     To reproduce LPI's table: ``diffid(model, x, attr, target=labels)`` (defaults) and average each
     field over the examples (``diff.mean(0)`` is "Diff logit", ``diff_top1.mean(0)`` "Diff accu").
