@@ -34,7 +34,7 @@ SETTINGS = {
     "blur_ig": {"default": {}, "paper": {"n_steps": 100, "max_sigma": 50.0}},
     "idgi": {"default": {}, "paper": {"n_steps": 50}},
     "agi": {"default": {}, "paper": {"n_iterations": 20, "n_false_classes": 1, "false_classes": "random"}},
-    "insertion_deletion": {"default": {}, "paper": {"step": 224, "score": "softmax", "auc": "trapezoid"}},
+    "insertion_deletion": {"default": {}, "paper": {"features_per_step": 224, "score": "softmax", "auc": "trapezoid"}},
     "diffid": {"default": {}},
     "road": {"default": {}},
     "mu_fidelity": {"default": {}},
