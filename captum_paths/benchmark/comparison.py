@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from captum_paths.benchmark import engine
 from captum_paths.benchmark.distributed import env_world_size, setup
-from captum_paths.benchmark.engine import METRICS, EvalSet, RunOptions, Workload, protocols_for
+from captum_paths.benchmark.engine import ALL_METRICS, METRICS, EvalSet, RunOptions, Workload, protocols_for
 from captum_paths.benchmark.methods import METHOD_NAMES, MethodContext, method_specs, unavailable_reason
 from captum_paths.benchmark.progress import SettingsMismatch
 from captum_paths.benchmark.sources import SubsetSource, as_source
@@ -167,8 +167,9 @@ def compare(
             dataset of ``image`` or ``(image, label)`` items, or a DataLoader (its dataset is used in
             index order). With labels, the model's accuracy on the images is reported.
         methods (sequence of str, optional): names from ``METHOD_NAMES`` (default: every available one).
-        metrics (sequence of str, optional): names from ``METRICS`` (default: all but ``pointing_game``,
-            which needs ``regions``).
+        metrics (sequence of str, optional): names from ``ALL_METRICS`` (default: ``METRICS``, i.e. all but
+            the costly ``EXPENSIVE_METRICS`` ``sic_aic``, ``mu_fidelity`` and ``road``; ``pointing_game`` only
+            with ``regions``).
         out (str, optional): folder for ``results.md``, ``results.json``, the figures and ``progress/``
             (which makes an interrupted call resumable). None writes nothing.
         reference (optional): reference images for expected gradients and LPI's bank (a tensor, pair,
@@ -183,7 +184,8 @@ def compare(
             large images. Bounds memory.
         device (str or torch.device, optional): default: the model's device. ``"cuda"`` under torchrun
             means each rank's own GPU.
-        quick (bool): the benchmark's reduced method budgets (LPI, GGIG, EG, AblationPath).
+        quick (bool): the benchmark's reduced method budgets (LPI, GGIG, EG, AblationPath) and the metrics'
+            cheapest settings (mu-fidelity's subsets, ROAD's percentages).
         protocols (dict, optional): protocol knobs to change, e.g. ``{"rise": {"features_per_step": 448}}``
             (``step`` of "samp" / "rise", ``ratios`` of "diffid", ``tolerance`` of "pointing_game").
         figures (bool): write ``attributions.png`` and ``curves.png`` into ``out``.
@@ -249,7 +251,7 @@ def _inputs(model: nn.Module, data, req: _Request) -> _Inputs:
     if missing:
         raise ValueError(f"`methods`: not available in this build: {', '.join(missing)}")
     default_metrics = [m for m in METRICS if m != "pointing_game" or regions is not None]
-    metrics = tuple(_check_names(req.metrics, METRICS, "metrics") if req.metrics is not None else default_metrics)
+    metrics = tuple(_check_names(req.metrics, ALL_METRICS, "metrics") if req.metrics is not None else default_metrics)
     if "pointing_game" in metrics and regions is None:
         raise ValueError("`metrics` includes 'pointing_game', which needs `regions` (N, H, W) bool boxes")
     if regions is not None and (not isinstance(regions, torch.Tensor) or len(regions) != len(source)):

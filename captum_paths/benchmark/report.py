@@ -10,7 +10,17 @@ import numpy as np
 
 from captum_paths.benchmark.progress import atomic_write_text
 
-__all__ = ["COLUMNS", "format_table", "check_claims", "format_claims", "to_json", "write_results"]
+__all__ = [
+    "COLUMNS",
+    "EXTRA_COLUMNS",
+    "MIN_IMAGES",
+    "ALPHA",
+    "format_table",
+    "check_claims",
+    "format_claims",
+    "to_json",
+    "write_results",
+]
 
 # (key in per_image, header, better direction, decimals)
 COLUMNS: Tuple[Tuple[str, str, str, int], ...] = (
@@ -20,6 +30,19 @@ COLUMNS: Tuple[Tuple[str, str, str, int], ...] = (
     ("rise_insertion", "RISE Ins ↑", "higher", 3),
     ("diffid", "DiffID ↑", "higher", 3),
     ("pointing_game", "Pointing ↑", "higher", 2),
+)
+# The second table: the seed papers' other protocols and ROAD (``--metrics`` selects the costly ones).
+EXTRA_COLUMNS: Tuple[Tuple[str, str, str, int], ...] = (
+    ("sic", "SIC ↑", "higher", 3),
+    ("aic", "AIC ↑", "higher", 3),
+    ("mu_fidelity", "μ-fidelity ↑", "higher", 3),
+    ("road_morf", "ROAD MoRF ↓", "lower", 3),
+    ("road_lerf", "ROAD LeRF ↑", "higher", 3),
+    ("road_combined", "ROAD comb. ↑", "higher", 3),
+    ("ggig_spearman", "Spearman ↑", "higher", 3),
+    ("ggig_weighted_jaccard", "W. Jaccard ↑", "higher", 3),
+    ("ggig_ssim", "SSIM ↑", "higher", 3),
+    ("ggig_reverse_mse", "Rev. MSE ↑", "higher", 3),
 )
 _COST = (
     ("seconds_per_image", "s / img", 3),
@@ -34,10 +57,21 @@ def _fmt(mean: float, std: float, decimals: int) -> str:
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
-def format_table(results: Dict[str, Any]) -> str:
-    """A markdown table: one row per method, mean ± std over the images, the best entry in bold."""
+def format_table(
+    results: Dict[str, Any], columns: Sequence[Tuple[str, str, str, int]] = COLUMNS, cost: bool = True
+) -> str:
+    """A markdown table: one row per method, mean ± std over the images, the best entry in bold.
+
+    Args:
+        results (dict): the run's results.
+        columns (sequence): ``(key, header, better direction, decimals)`` of the metric columns; those no
+            method has are left out. Default: :data:`COLUMNS`.
+        cost (bool): append the cost columns (seconds, forward and backward passes per image).
+    """
     methods = results["methods"]
-    cols = [c for c in COLUMNS if any(c[0] in m["summary"] for m in methods.values())]
+    cols = [c for c in columns if any(c[0] in m["summary"] for m in methods.values())]
+    if not cols and not cost:
+        return ""
     best = {}
     for key, _, direction, _ in cols:
         vals = {
@@ -47,7 +81,8 @@ def format_table(results: Dict[str, Any]) -> str:
         }
         if vals:
             best[key] = (min if direction == "lower" else max)(vals, key=vals.get)
-    header = ["Method"] + [c[1] for c in cols] + [c[1] for c in _COST]
+    cost_cols = _COST if cost else ()
+    header = ["Method"] + [c[1] for c in cols] + [c[1] for c in cost_cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for name, m in methods.items():
         row = [m["label"]]
@@ -58,19 +93,28 @@ def format_table(results: Dict[str, Any]) -> str:
             s = m["summary"][key]
             cell = _fmt(s["mean"], s["std"], dec)
             row.append(f"**{cell}**" if best.get(key) == name else cell)
-        for key, _, dec in _COST:
+        for key, _, dec in cost_cols:
             row.append(f"{m[key]:.{dec}f}")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
+# A claim is decided only on at least this many images (pairs with a value for both methods) ...
+MIN_IMAGES = 30
+# ... and only when the paired Wilcoxon signed-rank test gives p below this.
+ALPHA = 0.05
+
+
 def _paired(results, a: str, b: str, key: str, direction: str) -> Optional[Dict[str, Any]]:
-    """Is method ``a`` better than ``b`` on ``key``? Mean difference, wins and a paired test."""
+    """Is method ``a`` better than ``b`` on ``key``? Mean difference, wins and a paired test over the
+    images where both have a value (SIC / AIC have none for the images PAIR's rules skip)."""
     methods = results["methods"]
     if a not in methods or b not in methods or key not in methods[a]["per_image"] or key not in methods[b]["per_image"]:
         return None
     va = np.asarray(methods[a]["per_image"][key], dtype=float)
     vb = np.asarray(methods[b]["per_image"][key], dtype=float)
+    both = np.isfinite(va) & np.isfinite(vb)
+    va, vb = va[both], vb[both]
     diff = va - vb if direction == "higher" else vb - va  # > 0 means a is better
     p = float("nan")
     if len(diff) > 1 and np.any(diff != diff[0]):
@@ -85,9 +129,9 @@ def _paired(results, a: str, b: str, key: str, direction: str) -> Optional[Dict[
         "b": b,
         "metric": key,
         "better": direction,
-        "mean_a": float(va.mean()),
-        "mean_b": float(vb.mean()),
-        "a_better_on_mean": bool(diff.mean() > 0),
+        "mean_a": float(va.mean()) if len(va) else float("nan"),
+        "mean_b": float(vb.mean()) if len(vb) else float("nan"),
+        "a_better_on_mean": bool(len(diff) and diff.mean() > 0),
         "images_a_better": int((diff > 0).sum()),
         "images_b_better": int((diff < 0).sum()),
         "n": int(len(diff)),
@@ -95,26 +139,121 @@ def _paired(results, a: str, b: str, key: str, direction: str) -> Optional[Dict[
     }
 
 
-# The seed papers' headline claims, as comparisons between two methods on one metric. The GGIG paper
-# claims better maps than IG judged visually and by its model-perturbation sanity check, not on these
-# metrics: its rows say how GGIG compares with IG here, not whether a number of the paper is reproduced.
+# The seed papers' own claims, each as a comparison of two methods on one metric, on the paper's protocol:
+# SAMP Table 1 (insertion / deletion), LPI Table 1 (DiffID), GGIG Tables 1-2 (map-input similarity, SIC,
+# AIC), and the ablation-path paper's localisation (pointing game).
+_SAMP, _LPI, _GGIG = "SAMP paper (Table 1)", "LPI paper (Table 1)", "GGIG paper"
 CLAIMS = (
-    ("SAMP paper: SAMP++ beats IG on deletion (SAMP protocol)", "samp++", "ig", "samp_deletion", "lower"),
-    ("SAMP paper: SAMP++ beats IG on insertion (SAMP protocol)", "samp++", "ig", "samp_insertion", "higher"),
-    ("LPI paper: LPI's DiffID above IG", "lpi", "ig", "diffid", "higher"),
-    ("LPI paper: LPI's DiffID above expected gradients", "lpi", "eg", "diffid", "higher"),
-    ("GGIG vs IG on deletion (SAMP protocol)", "ggig", "ig", "samp_deletion", "lower"),
-    ("GGIG vs IG on insertion (SAMP protocol)", "ggig", "ig", "samp_insertion", "higher"),
-    ("GGIG vs IG on DiffID", "ggig", "ig", "diffid", "higher"),
+    (f"{_SAMP}: SAMP++ beats IG on deletion (SAMP protocol)", "samp++", "ig", "samp_deletion", "lower"),
+    (f"{_SAMP}: SAMP++ beats IG on insertion (SAMP protocol)", "samp++", "ig", "samp_insertion", "higher"),
+    (f"{_SAMP}: SAMP++ beats Blur IG on deletion (SAMP protocol)", "samp++", "blur-ig", "samp_deletion", "lower"),
+    (f"{_SAMP}: SAMP++ beats Blur IG on insertion (SAMP protocol)", "samp++", "blur-ig", "samp_insertion", "higher"),
+    (f"{_SAMP}: SAMP++ beats Guided IG on deletion (SAMP protocol)", "samp++", "guided-ig", "samp_deletion", "lower"),
+    (
+        f"{_SAMP}: SAMP++ beats Guided IG on insertion (SAMP protocol)",
+        "samp++",
+        "guided-ig",
+        "samp_insertion",
+        "higher",
+    ),
+    (f"{_LPI}: LPI's DiffID above IG", "lpi", "ig", "diffid", "higher"),
+    (f"{_LPI}: LPI's DiffID above expected gradients", "lpi", "eg", "diffid", "higher"),
+    (f"{_LPI}: LPI's DiffID above AGI", "lpi", "agi", "diffid", "higher"),
+    (f"{_GGIG} (Table 2): GGIG's SIC above IG's", "ggig", "ig", "sic", "higher"),
+    (f"{_GGIG} (Table 2): GGIG's AIC above IG's", "ggig", "ig", "aic", "higher"),
+    (
+        f"{_GGIG} (Table 1): GGIG's map more like its input than IG's (Spearman)",
+        "ggig",
+        "ig",
+        "ggig_spearman",
+        "higher",
+    ),
+    (
+        f"{_GGIG} (Table 1): GGIG's map more like its input than IG's (weighted Jaccard)",
+        "ggig",
+        "ig",
+        "ggig_weighted_jaccard",
+        "higher",
+    ),
+    (f"{_GGIG} (Table 1): GGIG's map more like its input than IG's (SSIM)", "ggig", "ig", "ggig_ssim", "higher"),
+    (
+        f"{_GGIG} (Table 1): GGIG's map more like its input than IG's (reverse MSE)",
+        "ggig",
+        "ig",
+        "ggig_reverse_mse",
+        "higher",
+    ),
+    (
+        "Ablation-path paper: AblationPath's saliency localises (pointing game above IG)",
+        "ablation",
+        "ig",
+        "pointing_game",
+        "higher",
+    ),
+    (
+        "Ablation-path paper: AblationPath's saliency localises (pointing game above Random)",
+        "ablation",
+        "random",
+        "pointing_game",
+        "higher",
+    ),
 )
+# The ``--metrics`` name that computes each claim's column.
+_METRIC_OF_COLUMN = {
+    "road_morf": "road",
+    "road_lerf": "road",
+    "road_combined": "road",
+    "sic": "sic_aic",
+    "aic": "sic_aic",
+    "ggig_spearman": "map_similarity",
+    "ggig_weighted_jaccard": "map_similarity",
+    "ggig_ssim": "map_similarity",
+    "ggig_reverse_mse": "map_similarity",
+}
 
 
-def check_claims(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+def _verdict(r: Dict[str, Any], min_images: int, alpha: float) -> Tuple[str, bool, bool]:
+    """``(verdict text, reproduced, decided)`` of one paired comparison."""
+    if r["n"] < min_images:
+        return f"not enough images to decide (n = {r['n']}, at least {min_images} needed)", False, False
+    p = r["wilcoxon_p"]
+    if not (p < alpha):  # also NaN: no difference at all
+        return f"NOT reproduced: no significant difference (p = {p:.2g} >= {alpha})", False, True
+    if r["a_better_on_mean"]:
+        return "reproduced", True, True
+    return "NOT reproduced: the opposite holds", False, True
+
+
+def _unmeasured(results: Dict[str, Any], a: str, b: str, key: str) -> str:
+    """Why a claim could not be measured on this run."""
+    methods = results["methods"]
+    missing = [m for m in (a, b) if m not in methods]
+    if missing:
+        return f"not measured: method(s) {', '.join(missing)} not run (`--methods`)"
+    return f"not measured: metric not computed (select `{_METRIC_OF_COLUMN.get(key, key)}` in `metrics=`)"
+
+
+def check_claims(results: Dict[str, Any], min_images: int = MIN_IMAGES, alpha: float = ALPHA) -> List[Dict[str, Any]]:
+    """Every claim of :data:`CLAIMS` on this run: reproduced only with ``n >= min_images`` images, a paired
+    Wilcoxon ``p < alpha`` and the first method better on the mean; claims the run cannot measure are
+    listed with the reason (``measured`` False).
+
+    Args:
+        results (dict): the run's results (``methods`` with ``per_image`` values).
+        min_images (int): the fewest paired images on which a claim is decided. Default :data:`MIN_IMAGES`.
+        alpha (float): the significance level. Default :data:`ALPHA`.
+    """
     out = []
     for text, a, b, key, direction in CLAIMS:
         r = _paired(results, a, b, key, direction)
-        if r is not None:
-            out.append(dict(r, claim=text, reproduced=r["a_better_on_mean"]))
+        if r is None:
+            reason = _unmeasured(results, a, b, key)
+            out.append(
+                dict(claim=text, a=a, b=b, metric=key, measured=False, decided=False, reproduced=False, verdict=reason)
+            )
+            continue
+        verdict, reproduced, decided = _verdict(r, min_images, alpha)
+        out.append(dict(r, claim=text, measured=True, decided=decided, reproduced=reproduced, verdict=verdict))
     return out
 
 
@@ -123,7 +262,10 @@ def format_claims(claims: Sequence[Dict[str, Any]]) -> str:
         return "(no claim could be checked: a method it needs was not run)"
     lines = []
     for c in claims:
-        verdict = "reproduced" if c["reproduced"] else "NOT reproduced"
+        if not c.get("measured", True):
+            lines.append(f"- {c['claim']}: {c['verdict']}")
+            continue
+        verdict = c.get("verdict") or ("reproduced" if c["reproduced"] else "NOT reproduced")
         lines.append(
             f"- {c['claim']}: **{verdict}** (means {c['mean_a']:.3f} vs {c['mean_b']:.3f}; {c['a']} better on "
             f"{c['images_a_better']}/{c['n']} images, worse on {c['images_b_better']}; "
@@ -153,15 +295,76 @@ def _accuracy_text(model: Dict[str, Any]) -> str:
     return f"test accuracy {acc:.4f} on {model.get('accuracy_on', 'the evaluated images')}"
 
 
+def _timing_conditions(results: Dict[str, Any]) -> str:
+    """Threads, cores and the 1-minute load average under which the timings were taken."""
+    env = results["environment"]
+    loads = [m["load_average_1min"] for m in results["methods"].values() if m.get("load_average_1min")]
+    threads = sorted({t for m in results["methods"].values() for t in m.get("threads", [])}) or [
+        env.get("threads", "?")
+    ]
+    ranks = env.get("world_size", 1)
+    text = (
+        f"{'/'.join(map(str, threads))} torch thread(s)"
+        + (f" in each of {ranks} processes" if ranks > 1 else "")
+        + f" on {env.get('cpu_count', '?')} cores"
+    )
+    if loads:
+        low, high = min(x["min"] for x in loads), max(x["max"] for x in loads)
+        text += f", 1-minute load average {low:.2f}-{high:.2f} during the methods' chunks"
+    return text
+
+
+def _extra_caption(results: Dict[str, Any]) -> List[str]:
+    """The second table's caption: the protocols of its columns and the default and costly metrics."""
+    from captum_paths.benchmark.engine import EXPENSIVE_METRICS, METRICS, _knobs
+
+    quick = bool(results["config"].get("quick"))
+    present = {k for m in results["methods"].values() for k in m["summary"]}
+    prot = {k: _knobs(results["protocols"], k, quick) for k in METRICS + EXPENSIVE_METRICS if k in results["protocols"]}
+    parts = []
+    if "sic" in present and "sic_aic" in prot:
+        p = prot["sic_aic"]
+        parts.append(
+            f"SIC / AIC = PAIR's performance information curves ({p['information']} information proxy, "
+            f"{len(p['thresholds'])} thresholds), per-image AUC, mean over the images PAIR's rules keep "
+            f"(P(I) >= {p['min_pred_value']}; results.json: summary n)"
+        )
+    if "mu_fidelity" in present and "mu_fidelity" in prot:
+        p = prot["mu_fidelity"]
+        parts.append(
+            f"μ-fidelity = {p['correlation'].capitalize()} correlation over {p['n_subsets']} random "
+            f"{p['subset_size']:.0%} pixel subsets set to 0 (logit drop)"
+        )
+    if "road_combined" in present and "road" in prot:
+        shares = ", ".join(map(str, prot["road"]["percentages"]))
+        parts.append(
+            f"ROAD = accuracy after noisy linear imputation, mean over removal shares {shares}; "
+            "combined = (LeRF - MoRF) / 2 (ROAD favours blurry maps)"
+        )
+    if "ggig_spearman" in present:
+        parts.append(
+            "Spearman / W. Jaccard / SSIM / Rev. MSE = GGIG Table 1's similarity of |map| / max |map| to the input "
+            "(reverse MSE pooled over every method and image)"
+        )
+    costly = ", ".join(f"`{m}`" for m in EXPENSIVE_METRICS)
+    default = ", ".join(f"`{m}`" for m in METRICS)
+    cheap = " Quick run: the metrics' cheapest settings (fewer thresholds, subsets, shares)." if quick else ""
+    return [
+        "; ".join(parts) + "." if parts else "",
+        f"Default metrics: {default}. Costly, computed only when selected by name (`metrics=`): {costly} (per image x "
+        "method cost in results.json: metric_seconds_per_image)." + cheap,
+    ]
+
+
 def markdown_report(results: Dict[str, Any]) -> str:
-    """The whole ``results.md``: data and model, the table, the protocols, the claims, the run's cost.
+    """The whole ``results.md``: data and model, the tables, the protocols, the claims, the run's cost.
 
     Args:
         results (dict): what :func:`captum_paths.benchmark.runner.run_benchmark` or ``compare`` returns.
     """
     cfg, model, prot = results["config"], results["model"], results["protocols"]
     env = results["environment"]
-    ranks = env.get("world_size", 1)
+    extra = format_table(results, EXTRA_COLUMNS, cost=False)
     lines = [
         "# captum_paths benchmark",
         "",
@@ -183,23 +386,32 @@ def markdown_report(results: Dict[str, Any]) -> str:
         "insertion from blur; DiffID = area of insertion - deletion over ratios 0.1..0.9 (mean fill); "
         "pointing game tolerance "
         f"{prot['pointing_game']['tolerance']} px. Target: {prot['target']}. Cost columns exclude one-off set-up "
-        "(LPI's bank fit), which results.json records as setup_seconds.",
+        "(LPI's bank fit), which results.json records as setup_seconds. Timings: "
+        f"{_timing_conditions(results)} (per method in results.json: load_average_1min, threads).",
         "",
-        "## Headline claims of the seed papers on this run",
+    ]
+    if extra:
+        lines += ["## Further metrics", "", extra, ""]
+    lines += [line for line in _extra_caption(results) if line] + [""]
+    lines += [
+        "## Claims of the seed papers on this run",
         "",
-        "A claim counts as reproduced when the first method has the better mean; the counts and a paired "
-        "Wilcoxon test say how clear it is. The GGIG paper's own claims (better maps than IG, judged visually "
-        "and by a model-perturbation sanity check) are not measured here: its rows only compare GGIG with IG "
-        "on this benchmark's metrics.",
+        f"A claim is reproduced when, on at least {MIN_IMAGES} images, the first method has the better mean and a "
+        f"paired Wilcoxon signed-rank test gives p < {ALPHA}; with fewer images it is not decided. Each paper is "
+        "judged on its own protocol.",
         "",
         format_claims(results.get("claims", [])),
         "",
         f"Total time {results['total_seconds']:.0f} s wall, {results.get('total_cpu_seconds', float('nan')):.0f} s CPU "
-        f"({env.get('threads', '?')} torch thread(s)"
-        + (f" in each of {ranks} processes" if ranks > 1 else "")
-        + f"); torch {env['torch']}, captum {env['captum']}, device {env['device']}.",
+        f"({_timing_conditions(results)}; load average at the end {_load_text(env)}); torch {env['torch']}, "
+        f"captum {env['captum']}, device {env['device']}.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _load_text(env: Dict[str, Any]) -> str:
+    load = env.get("load_average")
+    return " / ".join(f"{v:.2f}" for v in load) + " (1 / 5 / 15 min)" if load else "unknown"
 
 
 def write_results(results: Dict[str, Any], out: str, figures: bool = True) -> Dict[str, Path]:

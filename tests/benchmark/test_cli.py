@@ -11,7 +11,10 @@ import torch.nn as nn
 from captum.attr import IntegratedGradients
 
 from captum_paths.benchmark.__main__ import main
+from captum_paths.benchmark.engine import MAY_BE_NAN, metric_columns
 from captum_paths.benchmark.methods import METHOD_NAMES, PassCounter, method_specs, unavailable_reason
+
+NEW_METRICS = ("sic_aic", "map_similarity", "mu_fidelity", "road")
 
 
 @pytest.mark.parametrize(
@@ -109,10 +112,20 @@ def test_quick_run_end_to_end_every_method_finite_every_metric_a_number(quick_ru
             values = m["per_image"][key]
             assert len(values) == 2 and all(math.isfinite(v) for v in values), (name, key)
         assert m["forward_per_image"] >= (0 if name == "random" else 1)
+        # the new columns: GGIG's similarities by default, and whichever costly metrics ran; finite means
+        new = [c for c in metric_columns(NEW_METRICS) if c in m["per_image"]]
+        assert set(metric_columns(["map_similarity"])) <= set(new), name
+        for key in new:
+            assert all(math.isfinite(v) for v in m["per_image"][key] if key not in MAY_BE_NAN), (name, key)
+            assert math.isfinite(m["summary"][key]["mean"]) or key in MAY_BE_NAN, (name, key)
+        assert m["threads"] and m["load_average_1min"]["max"] >= 0, name  # the timings' conditions
     # the recorded protocol knobs
     assert results["protocols"]["samp"]["auc"] == "mean" and results["protocols"]["rise"]["score"] == "softmax"
     assert results["model"]["train_config"]["epochs"] == 1
-    assert "| SAMP++ |" in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert "| SAMP++ |" in md and "## Further metrics" in md and "W. Jaccard ↑" in md
+    assert "not enough images to decide (n = 2" in md and "**reproduced**" not in md
+    assert results["environment"]["load_average_1min_per_rank"] and results["environment"]["threads"] >= 1
     # a second run loads both models from the cache instead of training them
     code = main(
         [

@@ -1,6 +1,7 @@
 """compare() on a user's model and data; the ImageNet-sized path (224x224) with every method and metric."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from captum_paths.benchmark import METHOD_NAMES, METRICS, compare
 from captum_paths.benchmark.__main__ import main
+from captum_paths.benchmark.engine import EXPENSIVE_METRICS, MAY_BE_NAN, metric_columns
 
 
 class RowBound(nn.Module):
@@ -58,6 +60,28 @@ def test_a_chunk_size_changes_nothing_for_the_random_methods(small):
         assert v1 == pytest.approx(v3, rel=1e-5, abs=1e-6), name
 
 
+def test_new_metrics_finite_and_per_image_whatever_the_chunking(small):
+    """SIC / AIC, mu-fidelity, ROAD and GGIG's similarities draw per image from (seed, image index): the
+    same values whatever the chunk size (hence whatever the number of ranks); a different seed moves them."""
+    model, x, y, ref = small
+    metrics = ["sic_aic", "map_similarity", "mu_fidelity", "road"]
+    kw = dict(methods=["eg", "random"], metrics=metrics, reference=ref, quick=True, threads=1, figures=False)
+    one = compare(model, x, batch_size=1, **kw).results
+    three = compare(model, x, batch_size=3, **kw).results
+    for name in kw["methods"]:
+        per_one, per_three = one["methods"][name]["per_image"], three["methods"][name]["per_image"]
+        assert set(per_one) == set(metric_columns(metrics))
+        for key, values in per_one.items():
+            assert len(values) == 5 and values == pytest.approx(per_three[key], rel=1e-5, abs=1e-6, nan_ok=True), key
+            assert math.isfinite(one["methods"][name]["summary"][key]["mean"]), (name, key)
+        assert all(math.isfinite(v) for k, v in per_one.items() if k not in MAY_BE_NAN for v in v)
+        assert set(one["methods"][name]["metric_seconds_per_image"]) == set(metrics)
+    other = compare(model, x, batch_size=3, seed=1, **kw).results["methods"]["random"]["per_image"]
+    assert other["mu_fidelity"] != one["methods"]["random"]["per_image"]["mu_fidelity"]
+    # the quick knobs are the recorded ones
+    assert one["protocols"]["road"]["quick"]["percentages"] == [0.1, 0.5, 0.9]
+
+
 def test_pointing_game_with_regions_and_clear_errors(small):
     model, x, y, ref = small
     regions = torch.zeros(len(x), 16, 16, dtype=torch.bool)
@@ -100,9 +124,16 @@ def test_imagenet_sized_path_every_method_every_metric_memory_bounded(tmp_path):
     assert res["config"]["batch_size"] == 1 and res["config"]["max_rows"] == 16
     for name, m in res["methods"].items():
         assert m["finite_attributions"], name
-        assert set(m["per_image"]) == set(METRICS), name
-        assert all(torch.isfinite(torch.tensor(v)).all() for v in m["per_image"].values()), name
+        assert set(m["per_image"]) == set(metric_columns(METRICS)), name
+        assert all(torch.isfinite(torch.tensor(v)).all() for k, v in m["per_image"].items() if k not in MAY_BE_NAN), (
+            name
+        )
     assert len(res["curves"]["ig"]["rise_deletion"]["mean"]) == 224 + 1
+    # the costly metrics at 224 x 224 too, bounded the same way
+    costly = compare(model, x, methods=["ig"], metrics=list(EXPENSIVE_METRICS), quick=True, threads=1, figures=False)
+    per_image = costly.results["methods"]["ig"]["per_image"]
+    assert set(per_image) == set(metric_columns(EXPENSIVE_METRICS))
+    assert all(math.isfinite(v[0]) for k, v in per_image.items() if k not in MAY_BE_NAN)
     # one image per chunk and at most max_rows perturbed images per metric forward: no forward grows
     # with the number of images or of steps; the widest are a method's own fixed sample batch (LIME's
     # 50 perturbations), LPI's bank fit over the 16 reference images and AblationPath's 16 path points
@@ -185,7 +216,9 @@ def test_resnet50_random_weights_224_every_method_every_metric(tmp_path):
     assert list(r.results["methods"]) == methods
     for name, m in r.results["methods"].items():
         assert m["finite_attributions"], name
-        assert set(m["per_image"]) == set(METRICS), name
-        assert all(torch.isfinite(torch.tensor(v)).all() for v in m["per_image"].values()), name
+        assert set(m["per_image"]) == set(metric_columns(METRICS)), name
+        assert all(torch.isfinite(torch.tensor(v)).all() for k, v in m["per_image"].items() if k not in MAY_BE_NAN), (
+            name
+        )
     assert model.max_rows <= 64  # as in the cheap-model test: no forward grows with images or steps
     assert (tmp_path / "attributions.png").exists()

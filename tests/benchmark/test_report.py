@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from captum_paths.benchmark.engine import protocols_for
 from captum_paths.benchmark.report import check_claims, format_claims, format_table, to_json, write_results
 
 
@@ -74,13 +75,14 @@ def test_table_has_mean_std_bold_best_and_ignores_random_floor():
 
 
 def test_claims_compare_paired_images():
-    claims = {c["claim"]: c for c in check_claims(_results())}
-    dele = claims["SAMP paper: SAMP++ beats IG on deletion (SAMP protocol)"]
+    claims = {c["claim"]: c for c in check_claims(_results(), min_images=3, alpha=1.0)}
+    dele = claims["SAMP paper (Table 1): SAMP++ beats IG on deletion (SAMP protocol)"]
     assert dele["reproduced"] and dele["images_a_better"] == 2 and dele["images_b_better"] == 1
-    ins = claims["SAMP paper: SAMP++ beats IG on insertion (SAMP protocol)"]
+    ins = claims["SAMP paper (Table 1): SAMP++ beats IG on insertion (SAMP protocol)"]
     assert ins["reproduced"] and ins["images_a_better"] == 2 and ins["images_b_better"] == 0
-    # LPI was not run: its claims are absent rather than guessed
-    assert not any(c["a"] == "lpi" for c in claims.values())
+    # LPI was not run: its claims say so rather than guess
+    lpi = [c for c in claims.values() if c["a"] == "lpi"]
+    assert lpi and all(not c["measured"] and "lpi" in c["verdict"] and "not run" in c["verdict"] for c in lpi)
     text = format_claims(list(claims.values()))
     assert "**reproduced**" in text and "2/3" in text
 
@@ -88,7 +90,7 @@ def test_claims_compare_paired_images():
 def test_claim_not_reproduced_is_reported():
     r = _results()
     r["methods"]["ig"]["per_image"]["samp_deletion"] = [0.0, 0.0, 0.0]
-    c = [c for c in check_claims(r) if c["metric"] == "samp_deletion"][0]
+    c = [c for c in check_claims(r, min_images=3) if c["metric"] == "samp_deletion"][0]
     assert not c["reproduced"] and "NOT reproduced" in format_claims([c])
 
 
@@ -117,7 +119,116 @@ def test_write_results_writes_markdown_json_and_figures(tmp_path):
     }
     paths = write_results(r, str(tmp_path / "out"))
     md = paths["markdown"].read_text()
-    assert "| SAMP++ |" in md and "Headline claims" in md
+    assert "| SAMP++ |" in md and "Claims of the seed papers" in md
     assert json.loads(paths["json"].read_text())["config"]["n_images"] == 3
     for key in ("attributions", "curves"):
         assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------ the claims' rules
+
+
+def _paired_results(n, better, noise=0.01, seed=0):
+    """Every method every claim needs, ``n`` images; each claim's first method is better by ``better``
+    (negative: worse) on every claimed metric, plus noise."""
+    from captum_paths.benchmark.report import CLAIMS
+
+    gen = torch.Generator().manual_seed(seed)
+    methods = {}
+    for _, a, b, key, direction in CLAIMS:
+        for name, shift in ((a, better), (b, 0.0)):
+            values = (0.5 + noise * torch.randn(n, generator=gen, dtype=torch.float64)).tolist()
+            sign = 1.0 if direction == "higher" else -1.0
+            m = methods.setdefault(name, _method(name.upper(), {}))
+            m["per_image"][key] = [v + sign * shift for v in values]
+    for m in methods.values():
+        m["summary"] = {k: {"mean": sum(v) / n, "std": 0.0, "n": n} for k, v in m["per_image"].items()}
+    r = _results()
+    r["methods"] = methods
+    r["config"]["n_images"] = n
+    return r
+
+
+def test_every_claim_reproduced_when_clearly_better_on_enough_images():
+    from captum_paths.benchmark.report import CLAIMS
+
+    claims = check_claims(_paired_results(40, better=0.1))
+    assert len(claims) == len(CLAIMS)
+    assert all(c["measured"] and c["decided"] and c["reproduced"] for c in claims), [
+        c["claim"] for c in claims if not c["reproduced"]
+    ]
+    texts = " ".join(c["claim"] for c in claims)
+    for phrase in ("Blur IG", "Guided IG", "AGI", "SIC", "AIC", "Spearman", "weighted Jaccard", "SSIM", "reverse MSE"):
+        assert phrase in texts, phrase
+    assert "pointing game above IG" in texts and "pointing game above Random" in texts
+    # GGIG is judged on its own paper's metrics only
+    assert not any(c["a"] == "ggig" and c["metric"] in ("samp_deletion", "samp_insertion", "diffid") for c in claims)
+
+
+def test_direction_a_worse_is_the_opposite_and_lower_is_better_respected():
+    claims = check_claims(_paired_results(40, better=-0.1))
+    assert all(c["decided"] and not c["reproduced"] for c in claims)
+    assert all(c["verdict"] == "NOT reproduced: the opposite holds" for c in claims)
+    dele = next(c for c in claims if c["metric"] == "samp_deletion" and c["b"] == "ig")
+    assert dele["better"] == "lower" and dele["mean_a"] > dele["mean_b"]  # worse = higher deletion
+
+
+def test_too_few_images_never_reproduced_however_clear():
+    claims = check_claims(_paired_results(6, better=0.5))
+    assert all(not c["reproduced"] and not c["decided"] for c in claims)
+    assert "not enough images to decide (n = 6" in format_claims(claims)
+    # exactly the threshold decides
+    assert all(c["reproduced"] for c in check_claims(_paired_results(30, better=0.5)))
+    assert not any(c["reproduced"] for c in check_claims(_paired_results(29, better=0.5)))
+
+
+def test_no_significant_difference_is_not_reproduced():
+    # a tiny mean advantage drowned in noise: better on the mean for some claims, never significant
+    claims = check_claims(_paired_results(40, better=0.0001, noise=0.2))
+    undecided = [c for c in claims if c["wilcoxon_p"] >= 0.05]
+    assert undecided and all(not c["reproduced"] and "no significant difference" in c["verdict"] for c in undecided)
+
+
+def test_quick_style_p_006_on_6_images_is_not_reproduced():
+    r = _paired_results(6, better=0.0)
+    # SAMP++ better on 5 of 6 images: Wilcoxon p = 0.06 on 6 images; never "reproduced"
+    r["methods"]["samp++"]["per_image"]["samp_insertion"] = [0.9, 0.8, 0.85, 0.7, 0.95, 0.1]
+    r["methods"]["ig"]["per_image"]["samp_insertion"] = [0.5, 0.5, 0.5, 0.5, 0.5, 0.2]
+    c = next(c for c in check_claims(r) if c["metric"] == "samp_insertion" and c["b"] == "ig")
+    assert c["a_better_on_mean"] and not c["reproduced"] and c["verdict"].startswith("not enough images")
+
+
+def test_images_without_a_value_are_left_out_of_the_pairs():
+    r = _paired_results(40, better=0.1)
+    r["methods"]["ggig"]["per_image"]["sic"][:15] = [float("nan")] * 15  # PAIR's rules skipped these
+    c = next(c for c in check_claims(r) if c["metric"] == "sic")
+    assert c["n"] == 25 and not c["decided"] and "n = 25" in c["verdict"]
+
+
+def test_claim_of_an_uncomputed_metric_names_the_metrics_flag():
+    r = _paired_results(40, better=0.1)
+    for m in r["methods"].values():
+        m["per_image"].pop("sic", None)
+        m["per_image"].pop("aic", None)
+    c = next(c for c in check_claims(r) if c["metric"] == "aic")
+    assert not c["measured"] and "`sic_aic`" in c["verdict"] and "metrics=" in c["verdict"]
+    assert "`sic_aic`" in format_claims([c])
+
+
+def test_markdown_second_table_and_timing_conditions(tmp_path):
+    r = _results()
+    for m in r["methods"].values():
+        m["per_image"].update(sic=[0.3, float("nan"), 0.5], ggig_ssim=[0.1, 0.2, 0.3])
+        m["summary"]["sic"] = {"mean": 0.4, "std": 0.1, "n": 2, "n_without_value": 1}
+        m["summary"]["ggig_ssim"] = {"mean": 0.2, "std": 0.08, "n": 3}
+        m["load_average_1min"] = {"min": 1.5, "mean": 1.75, "max": 2.0}
+        m["threads"] = [2]
+    r["environment"].update(threads=2, cpu_count=2, load_average=[1.0, 2.0, 3.0])
+    r["protocols"].update(protocols_for(28, 784))
+    r["protocols"]["samp"]["features_per_step"] = 10
+    md = write_results(r, str(tmp_path), figures=False)["markdown"].read_text()
+    assert "## Further metrics" in md and "| Method | SIC ↑ | SSIM ↑ |" in md
+    assert "0.400 ± 0.100" in md
+    assert "2 torch thread(s) on 2 cores, 1-minute load average 1.50-2.00" in md
+    assert "load average at the end 1.00 / 2.00 / 3.00" in md
+    assert "Costly, computed only when selected by name (`metrics=`): `sic_aic`, `mu_fidelity`" in md
