@@ -28,7 +28,14 @@ import sys
 from typing import List, Optional
 
 from captum_paths.benchmark.methods import METHOD_NAMES
-from captum_paths.benchmark.runner import DATASETS, METRICS, BenchmarkConfig, BenchmarkError, run_benchmark
+from captum_paths.benchmark.runner import (
+    ALL_METRICS,
+    DATASETS,
+    METRICS,
+    BenchmarkConfig,
+    BenchmarkError,
+    run_benchmark,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -85,7 +92,11 @@ def _what_flags(p: argparse.ArgumentParser) -> None:
         "--metrics",
         type=_methods,
         default=None,
-        help="comma-separated subset of: " + ", ".join(METRICS) + " (default: all)",
+        help="comma-separated subset of: "
+        + ", ".join(ALL_METRICS)
+        + " (default: "
+        + ", ".join(METRICS)
+        + "; sic_aic and mu_fidelity cost more and run when named)",
     )
     p.add_argument(
         "--quick",

@@ -44,7 +44,7 @@ from captum_paths.benchmark.data import (
     make_localization_set,
 )
 from captum_paths.benchmark.distributed import DistInfo, setup
-from captum_paths.benchmark.engine import METRICS, EvalSet, RunOptions, Workload, protocols_for
+from captum_paths.benchmark.engine import ALL_METRICS, METRICS, EvalSet, RunOptions, Workload, protocols_for
 from captum_paths.benchmark.methods import METHOD_NAMES, MethodContext, method_specs, unavailable_reason
 from captum_paths.benchmark.models import (
     SampPaperCNN,
@@ -59,6 +59,7 @@ from captum_paths.benchmark.sources import DatasetSource, ImageSource, SubsetSou
 __all__ = [
     "DATASETS",
     "METRICS",
+    "ALL_METRICS",
     "BenchmarkError",
     "BenchmarkConfig",
     "validate_config",
@@ -174,9 +175,9 @@ def _check_methods(cfg: BenchmarkConfig) -> List[str]:
     if len(set(names)) != len(names):
         raise BenchmarkError(f"--methods lists a method twice: {', '.join(names)}")
     if cfg.metrics is not None:
-        bad = [m for m in cfg.metrics if m not in METRICS]
+        bad = [m for m in cfg.metrics if m not in ALL_METRICS]
         if bad or not cfg.metrics:
-            raise BenchmarkError(f"--metrics must list some of {', '.join(METRICS)}; got {', '.join(cfg.metrics)}")
+            raise BenchmarkError(f"--metrics must list some of {', '.join(ALL_METRICS)}; got {', '.join(cfg.metrics)}")
     runnable = []
     for n in names:
         reason = unavailable_reason(specs[n])
