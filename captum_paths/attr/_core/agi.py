@@ -209,6 +209,7 @@ class AdversarialGradientIntegration(PathAttribution):
     """
 
     _completeness = False
+    _no_baselines = "its paths start at the input and are found by the adversarial attack"
 
     def __init__(self, forward_func: Callable[..., Tensor]) -> None:
         r"""
@@ -357,14 +358,6 @@ class AdversarialGradientIntegration(PathAttribution):
         )
 
     # ------------------------------------------------------------------------------------------ hooks
-    def _resolve_baselines(self, baselines, inputs, generator) -> None:
-        if baselines is not None:
-            raise ValueError(
-                f"{type(self).__name__} has no baseline (its paths start at the input and are found by the "
-                f"adversarial attack): `baselines` must be None, got {type(baselines).__name__}"
-            )
-        return None
-
     def _expected_passes(self, call: PathCall, options: AGIOptions) -> int:
         k = _explicit_k(options.false_classes) or options.n_false_classes
         return call.n_examples * (1 + k * options.n_iterations)

@@ -242,6 +242,8 @@ class PathAttribution(GradientAttribution):
     _default_baselines: ClassVar[BaselineSpec] = "zeros"
     _completeness: ClassVar[bool] = True
     _has_path_result: ClassVar[bool] = False
+    #: set by a method whose path has no baseline, saying why: ``baselines`` must then be None
+    _no_baselines: ClassVar[Optional[str]] = None
 
     def __init__(self, forward_func: Callable) -> None:
         if not callable(forward_func):
@@ -262,6 +264,14 @@ class PathAttribution(GradientAttribution):
         self, baselines: Any, inputs: Tuple[Tensor, ...], generator: Optional[torch.Generator]
     ) -> Optional[Tuple[Tensor, ...]]:
         """Baselines of the inputs' shapes from any specification (override for other kinds of baselines)."""
+        if self._no_baselines is not None:
+            if baselines is not None:
+                raise ValueError(
+                    f"{type(self).__name__} takes no `baselines` (it has no baseline: {self._no_baselines}); "
+                    "pass baselines=None "
+                    f"(got {type(baselines).__name__})"
+                )
+            return None
         resolved = resolve_baselines(baselines, inputs, self._default_baselines, "baselines", generator)
         return tuple(b.detach() for b in resolved)
 

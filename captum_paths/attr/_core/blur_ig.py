@@ -181,7 +181,10 @@ class BlurIG(PathAttribution):
     their derivatives and gradients; the attributions are a running sum.
     """
 
-    _default_baselines = None
+    _no_baselines = (
+        "its path starts at the maximally blurred input, set by `max_sigma`; use GuidedIG or IntegratedGradients "
+        "for a path from a chosen baseline"
+    )
 
     @overload
     def attribute(
@@ -298,27 +301,17 @@ class BlurIG(PathAttribution):
             show_progress=show_progress,
         )
 
-    def _resolve_baselines(self, baselines: Any, inputs: Tuple[Tensor, ...], generator: Any) -> None:
-        """Blur IG takes no baselines: ``None`` only (and every input must have an axis to blur)."""
-        if baselines is not None:
-            raise ValueError(
-                "BlurIG takes no `baselines`: its path starts at the maximally blurred input, set by `max_sigma`; "
-                f"pass baselines=None (got {type(baselines).__name__}). Use GuidedIG or IntegratedGradients for "
-                "a path from a chosen baseline"
-            )
-        for i, x in enumerate(inputs):
-            if x.dim() < 2:
-                raise ValueError(
-                    f"BlurIG blurs the last two dimensions of each input (one for (N, L) inputs): `inputs`[{i}] "
-                    f"of shape {tuple(x.shape)} has none; reshape it to (N, L) or (N, C, H, W)"
-                )
-        return None
-
     def _expected_passes(self, call: PathCall, options: BlurIGOptions) -> int:
         return call.n_examples * (options.n_steps + int(options.idgi or call.need_delta))
 
     def _path(self, call: PathCall, options: BlurIGOptions) -> PathOutput:
         """Stream the ``N * T`` points, blurriest first, in chunks; fold each chunk into the running sums."""
+        for i, x in enumerate(call.inputs):  # before any model pass
+            if x.dim() < 2:
+                raise ValueError(
+                    f"BlurIG blurs the last two dimensions of each input (one for (N, L) inputs): `inputs`[{i}] "
+                    f"of shape {tuple(x.shape)} has none; reshape it to (N, L) or (N, C, H, W)"
+                )
         n, n_steps = call.n_examples, options.n_steps
         sigmas = blur_sigmas(options.max_sigma, n_steps, options.sqrt_spacing)
         inputs64 = tuple(x.to(torch.float64) for x in call.inputs)
