@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from captum_paths.attr._core.base import PathAttribution, PathCall, PathOutput, PathResult
-from captum_paths.attr._utils.captum_compat import TargetType, TensorOrTuple, log_usage
+from captum_paths.attr._utils.captum_compat import TargetType, TensorOrTuple, check_score, log_usage, scored_forward
 from captum_paths.attr._utils.features import feature_groups, flatten_inputs, group_sum, unflatten_inputs
 from captum_paths.attr._utils.monotone import (
     gaussian_filter_2d,
@@ -28,8 +28,6 @@ from captum_paths.attr._utils.validation import (
 from captum_paths.baselines import BaselinesType, Blur
 
 __all__ = ["AblationPath", "AblationPathResult", "AblationPathOptions"]
-
-_SCORES = ("softmax", "logit")
 
 
 @dataclass(kw_only=True)
@@ -153,8 +151,7 @@ class AblationPathOptions:
         self.learning_rate = check_positive_float(self.learning_rate, "learning_rate")
         self.momentum = check_probability(self.momentum, "momentum", high_open=True)
         self.zeta = check_positive_float(self.zeta, "zeta")
-        if self.score not in _SCORES:
-            raise ValueError(f"`score` must be one of {_SCORES}, got {self.score!r}")
+        check_score(self.score)
         if self.stop_saturation is not None:
             self.stop_saturation = check_probability(self.stop_saturation, "stop_saturation", low_open=True)
         self.drop_fraction = check_probability(self.drop_fraction, "drop_fraction", low_open=True, high_open=True)
@@ -504,7 +501,7 @@ class _Optimiser:
         self.quadrature = trapezoid_weights(t, self.dtype, device)
         self.path = self.times.reshape(t, 1, 1).expand(t, n, g).clone()
         self.velocity = torch.zeros(t - 2, n, g, dtype=self.dtype, device=device)
-        self.forward = _scored_forward(call.forward_func, options.score)
+        self.forward = scored_forward(call.forward_func, options.score)
         self.blocks = (
             _spatial_blocks(call.inputs) if options.feature_mask is None and options.filter_sigma > 0 else None
         )
@@ -637,23 +634,6 @@ class _PathGeometry:
             return (grads[0] * self.delta[examples]).sum(dim=1).reshape(examples.numel(), -1)
         chain = flatten_inputs(grads) * self.delta[examples]
         return group_sum(chain, self.group_ids[examples], self.n_groups)
-
-
-def _scored_forward(forward_func: Callable, score: str) -> Callable:
-    if score == "logit":
-        return forward_func
-
-    def softmax_forward(*args):
-        output = forward_func(*args)
-        if not isinstance(output, Tensor) or output.dim() != 2:
-            raise ValueError(
-                "score='softmax' needs a forward function returning (N, n_classes) scores, got "
-                f"{tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__}; "
-                "use score='logit' for other outputs"
-            )
-        return torch.softmax(output, dim=1)
-
-    return softmax_forward
 
 
 def _spatial_blocks(inputs: Tuple[Tensor, ...]) -> List[Tuple[int, int, int]]:

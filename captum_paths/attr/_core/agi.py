@@ -15,6 +15,7 @@ from captum_paths.attr._utils.captum_compat import (
     _NO_GRAPH,
     TargetType,
     TensorOrTuple,
+    check_score,
     compute_gradients,
     gradients_and_scores,
     log_usage,
@@ -33,7 +34,6 @@ __all__ = [
 ]
 
 CLASS_RULES = ("spaced", "random", "top", "all")
-SCORES = ("softmax", "logit")
 STEP_FROM = ("input", "current")
 Bounds = Optional[Tuple[Union[float, Tensor], Union[float, Tensor]]]
 
@@ -117,8 +117,7 @@ class AGIOptions:
         self.n_iterations = check_positive_int(self.n_iterations, "n_iterations")
         self.n_false_classes = check_positive_int(self.n_false_classes, "n_false_classes")
         self.false_classes = _check_false_classes(self.false_classes)
-        if self.score not in SCORES:
-            raise ValueError(f"`score` must be one of {SCORES}, got {self.score!r}")
+        check_score(self.score)
         self.early_stop = check_bool(self.early_stop, "early_stop")
         if self.step_from not in STEP_FROM:
             raise ValueError(f"`step_from` must be one of {STEP_FROM}, got {self.step_from!r}")

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from captum_paths.attr._core.base import PathAttribution, PathCall, PathOutput
 from captum_paths.attr._core.geometrically_guided_ig import point_runs
-from captum_paths.attr._utils.captum_compat import TargetType, TensorOrTuple, log_usage
+from captum_paths.attr._utils.captum_compat import TargetType, TensorOrTuple, check_score, log_usage, scored_forward
 from captum_paths.attr._utils.idgi import idgi_accumulate_, idgi_direction
 from captum_paths.attr._utils.validation import check_positive_int
 from captum_paths.baselines import BaselinesType
@@ -24,7 +24,6 @@ _REFUSED = {
     "gausslegendre": "its nodes exclude the baseline and the input and its weights are replaced by IDGI's output "
     "changes; on those nodes it is the left rule on an uneven grid plus an extra gradient at the baseline",
 }
-SCORES = ("logit", "softmax")
 
 
 def idgi_rule(method: str, n_steps: int) -> Tuple[Tuple[int, ...], Optional[int], int]:
@@ -77,8 +76,7 @@ class IDGIOptions:
             raise ValueError(f"`method` {self.method!r} does not fit IDGI: {why}. Use one of {METHODS}")
         if self.method not in METHODS:
             raise ValueError(f"`method` must be one of {METHODS}, got {self.method!r}")
-        if self.score not in SCORES:
-            raise ValueError(f"`score` must be one of {SCORES}, got {self.score!r}")
+        check_score(self.score)
 
 
 class IDGI(PathAttribution):
@@ -314,7 +312,7 @@ class IDGI(PathAttribution):
         point's direction (``pending``).
         """
         inputs, n = call.inputs, call.n_examples
-        forward = _scored_forward(self.forward_func, options.score)
+        forward = scored_forward(self.forward_func, options.score)
         order, score_point, sign = idgi_rule(options.method, options.n_steps)
         alphas = torch.linspace(0.0, 1.0, options.n_steps + 1, dtype=torch.float64)
         ends = torch.empty(2, n, dtype=inputs[0].dtype, device=inputs[0].device)  # y(x'), y(x)
@@ -378,21 +376,3 @@ def _fold_run(
             total[run].add_(((previous[run] + current) * weight).to(total.dtype))
     for previous, current in zip(pending, direction):
         previous[run] = current
-
-
-def _scored_forward(forward_func: Callable, score: str) -> Callable:
-    """The forward function whose target output is differentiated: raw, or its softmax over dim 1."""
-    if score == "logit":
-        return forward_func
-
-    def softmax_forward(*args):
-        output = forward_func(*args)
-        if not isinstance(output, Tensor) or output.dim() != 2:
-            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-            raise ValueError(
-                f"score='softmax' needs a forward function returning (N, n_classes) scores, got {shape}; "
-                "use score='logit' for other outputs"
-            )
-        return torch.softmax(output, dim=1)
-
-    return softmax_forward

@@ -39,6 +39,9 @@ __all__ = [
     "gradients_and_scores",
     "target_scores",
     "TargetType",
+    "SCORES",
+    "check_score",
+    "scored_forward",
     "TensorOrTuple",
 ]
 
@@ -190,3 +193,31 @@ def gradients_and_scores(
     if not recorded:  # a custom gradient_func that never called the forward function
         return grads, forward_scores(forward_func, inputs, target, additional_forward_args)
     return tuple(g.detach() for g in grads), recorded[-1]
+
+
+#: the scores a method can follow: the raw output, or its softmax over dim 1
+SCORES = ("logit", "softmax")
+
+
+def check_score(score: Any) -> str:
+    if score not in SCORES:
+        raise ValueError(f"`score` must be one of {SCORES}, got {score!r}")
+    return score
+
+
+def scored_forward(forward_func: Callable, score: str) -> Callable:
+    """The forward function whose target output is followed: raw (``"logit"``), or its softmax over dim 1."""
+    if score == "logit":
+        return forward_func
+
+    def softmax_forward(*args):
+        output = forward_func(*args)
+        if not isinstance(output, Tensor) or output.dim() != 2:
+            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(
+                f"score='softmax' needs a forward function returning (N, n_classes) scores, got {shape}; "
+                "use score='logit' for other outputs"
+            )
+        return torch.softmax(output, dim=1)
+
+    return softmax_forward
