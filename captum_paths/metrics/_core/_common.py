@@ -31,6 +31,7 @@ ScoreSpec = Union[str, Callable[[Tensor, Any], Tensor]]
 __all__ = [
     "prepare_inputs_and_attributions",
     "check_finite",
+    "class_indices",
     "empty_batch",
     "flatten_rows",
     "default_rows_per_pass",
@@ -58,6 +59,23 @@ DEFAULT_MAX_ROWS = 256
 
 
 # ----------------------------------------------------------------------------------------------- inputs
+def class_indices(target: Any, n: int, device) -> Optional[Tensor]:
+    """``(n,)`` long class indices when ``target`` names one class per example (an int; an integer tensor of 1
+    or ``n`` entries; a list of ``n`` ints), else ``None``: the accuracy-style scores need it."""
+    if isinstance(target, Integral) and not isinstance(target, bool):
+        return torch.full((n,), int(target), dtype=torch.long, device=device)
+    if isinstance(target, Tensor):
+        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+            return None
+        if target.numel() in (1, n):
+            return target.reshape(-1).to(device=device, dtype=torch.long).expand(n).contiguous()
+        return None
+    if isinstance(target, list) and len(target) == n:
+        if all(isinstance(t, Integral) and not isinstance(t, bool) for t in target):
+            return torch.tensor([int(t) for t in target], dtype=torch.long, device=device)
+    return None
+
+
 def check_finite(tensors: Tuple[Tensor, ...], name: str) -> None:
     """Raise ``ValueError`` naming ``name``[i] when a tensor holds NaN or infinite values (before any model pass)."""
     for i, t in enumerate(tensors):

@@ -1,7 +1,6 @@
 """DiffID: the insertion-minus-deletion protocol of Local Path Integration (Yang et al., AAAI 2023), with the
 scoring variants of later work (cleanig, leekwoon/sig: accuracy and clamped softmax ratio)."""
 
-from numbers import Integral
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -14,6 +13,7 @@ from captum_paths.metrics._core._common import (
     TensorOrTuple,
     check_fraction_sequence,
     check_target,
+    class_indices,
     empty_batch,
     evaluate_rows,
     group_attributions,
@@ -84,21 +84,10 @@ def removed_counts(ratios: Tensor, n_features: int) -> Tensor:
     return torch.floor(ratios * n_features * (1 + 1e-9)).to(torch.long).clamp(0, n_features)
 
 
-def _class_targets(target: Any, n: int, device) -> Optional[Tensor]:
-    """One class index per example if ``target`` names one (int, 1-d tensor, list of ints), else None."""
-    if isinstance(target, Integral) and not isinstance(target, bool):
-        return torch.full((n,), int(target), dtype=torch.long, device=device)
-    if isinstance(target, Tensor) and target.numel() in (1, n):
-        return target.reshape(-1).to(device=device, dtype=torch.long).expand(n)
-    if isinstance(target, list) and all(isinstance(t, Integral) for t in target):
-        return torch.tensor([int(t) for t in target], dtype=torch.long, device=device)
-    return None
-
-
 def _check_score(score: Any, target: Any, n: int) -> str:
     if not isinstance(score, str) or score not in DIFFID_SCORES:
         raise ValueError(f"`score` must be one of {DIFFID_SCORES}, got {score!r}")
-    if score != "logit_ratio" and _class_targets(target, n, "cpu") is None:
+    if score != "logit_ratio" and class_indices(target, n, "cpu") is None:
         raise ValueError(
             f"`score`={score!r} needs `target` to name one class per example (an int, a list of ints or a "
             f"1-d tensor; e.g. the labels, or model(inputs).argmax(1) as cleanig defaults to), got {target!r}"
@@ -183,7 +172,7 @@ def _assemble(values: Tensor, game: _Game, target: Any, score: str) -> DiffIDRes
     n, n_ratios = values.shape[0], len(game.ratios)
     device = game.x_flat.device
     raw, top1 = values[..., 0], values[..., 1]
-    classes = _class_targets(target, n, device)
+    classes = class_indices(target, n, device)
     ins_top1 = del_top1 = diff_top1 = None
     if classes is not None and bool((top1 >= 0).all()):
         hits = top1[:, 1:].to(torch.long) == classes.unsqueeze(1)

@@ -32,7 +32,7 @@ encoding per image and threshold.
 import io
 import math
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from captum_paths.attr._utils.validation import check_generator, check_positive_int, check_probability
-from captum_paths.metrics._core._common import evaluate_rows
+from captum_paths.metrics._core._common import class_indices, evaluate_rows
 
 __all__ = [
     "PAIR_THRESHOLDS",
@@ -399,17 +399,14 @@ def _check_target(target: Any, n: int, device) -> Optional[Tensor]:
     """One class index per image, or None (the model's top-1 class on the quantised input)."""
     if target is None:
         return None
-    if isinstance(target, Integral) and not isinstance(target, bool):
-        return torch.full((n,), int(target), dtype=torch.long, device=device)
+    classes = class_indices(target, n, device)
+    if classes is not None:
+        return classes
     if isinstance(target, Tensor):
-        if target.dtype.is_floating_point or target.dtype == torch.bool or target.numel() not in (1, n):
-            raise ValueError(
-                f"`target` tensor must hold 1 or {n} integer class indices, got dtype {target.dtype} and "
-                f"shape {tuple(target.shape)}"
-            )
-        return target.reshape(-1).to(device=device, dtype=torch.long).expand(n).contiguous()
-    if isinstance(target, list) and len(target) == n and all(isinstance(t, Integral) for t in target):
-        return torch.tensor([int(t) for t in target], dtype=torch.long, device=device)
+        raise ValueError(
+            f"`target` tensor must hold 1 or {n} integer class indices, got dtype {target.dtype} and "
+            f"shape {tuple(target.shape)}"
+        )
     raise TypeError(
         f"`target` must be None, an int, a list of {n} ints or an integer tensor of 1 or {n} entries (one class "
         f"per image), got {type(target).__name__}"

@@ -33,6 +33,7 @@ from captum_paths.metrics._core._common import (
     ScoreSpec,
     check_fraction_sequence,
     check_target,
+    class_indices,
     evaluate_rows,
     group_ranks,
     score_function,
@@ -404,12 +405,9 @@ def road_ranks(attributions: Tensor, jitter: Tensor) -> Tensor:
 
 def _class_indices(target: Any, n: int, device) -> Tensor:
     """One class per row for the accuracy score, or ValueError."""
-    if isinstance(target, Integral) and not isinstance(target, bool):
-        return torch.full((n,), int(target), dtype=torch.long, device=device)
-    if isinstance(target, Tensor) and target.numel() in (1, n) and not target.dtype.is_floating_point:
-        return target.reshape(-1).to(device=device, dtype=torch.long).expand(n)
-    if isinstance(target, list) and all(isinstance(t, Integral) and not isinstance(t, bool) for t in target):
-        return torch.tensor([int(t) for t in target], dtype=torch.long, device=device).expand(n)
+    classes = class_indices(target, n, device)
+    if classes is not None:
+        return classes
     raise ValueError(
         "`score`='accuracy' needs `target` to name one class per example (an int, a list of ints or an "
         f"integer tensor of N entries, e.g. the labels), got {type(target).__name__}"
