@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from metric_models import LinearClasses
 
 from captum_paths.metrics import ROADResult, noisy_linear_impute, road
+from captum_paths.metrics._core import road as road_module
 from captum_paths.metrics._core.road import (
     conjugate_gradient,
     dense_imputation_system,
@@ -90,14 +91,14 @@ def test_conjugate_gradient_solves_independent_spd_systems():
     b[3] = 0  # a zero right-hand side is solved by 0 at once
     inv_diag = 1 / torch.diagonal(a, dim1=1, dim2=2)
 
-    def apply_a(v, index):
-        return (a[index] @ v.unsqueeze(-1)).squeeze(-1)
+    def apply_a(v, matrices):  # the running systems' matrices, compacted with their iterates
+        return (matrices @ v.unsqueeze(-1)).squeeze(-1)
 
-    x, converged = conjugate_gradient(apply_a, b, inv_diag, 1e-12, 100)
+    x, converged = conjugate_gradient(apply_a, b, inv_diag, 1e-12, 100, operands=(a,))
     assert converged.all()
     torch.testing.assert_close(x, torch.linalg.solve(a, b), atol=1e-9, rtol=0)
     assert x[3].eq(0).all()
-    _, stopped = conjugate_gradient(apply_a, b, inv_diag, 1e-12, 1)
+    _, stopped = conjugate_gradient(apply_a, b, inv_diag, 1e-12, 1, operands=(a,))
     assert not stopped[[0, 1, 2, 4]].any()
 
 
@@ -139,6 +140,24 @@ def test_equals_a_dense_solve_of_the_official_system(share, masks_fn):
         reference = torch.linalg.solve(a, b).T
         assert (out[i].reshape(2, -1)[:, index] - reference).abs().max() < 1e-6
         assert torch.equal(out[i][:, ~masks[i, 0]], images[i][:, ~masks[i, 0]])  # kept pixels untouched
+
+
+def test_float32_solver_and_solver_batches(monkeypatch):
+    g = torch.Generator().manual_seed(5)
+    images = torch.rand(6, 2, 14, 14, generator=g, dtype=torch.float64)
+    masks = torch.cat([_blob_masks(3, 14, 14, 0.9, seed=6), _random_masks(3, 14, 14, 0.5, seed=6)])
+    whole = noisy_linear_impute(images, masks, noise_std=0.0)
+    single = noisy_linear_impute(images, masks, noise_std=0.0, dtype=torch.float32)
+    assert single.dtype == torch.float64
+    assert 0 < (single - whole).abs().max() < 1e-4  # float32 CG: about 2e-5 at its default rtol 1e-6
+    # float32 images are solved in float32 unless asked otherwise
+    as_float = noisy_linear_impute(images.float(), masks, noise_std=0.0)
+    torch.testing.assert_close(as_float, single.float(), atol=1e-6, rtol=0)
+    precise = noisy_linear_impute(images.float(), masks, noise_std=0.0, dtype=torch.float64)
+    torch.testing.assert_close(precise, whole.float(), atol=1e-6, rtol=0)
+    # solver batches of one image (2 systems) each: the same systems, the same iterates
+    monkeypatch.setattr(road_module, "_CG_BATCH_CELLS", 2 * 16 * 16)
+    assert torch.equal(noisy_linear_impute(images, masks, noise_std=0.0), whole)
 
 
 def test_noise_law_reproducibility_and_global_rng_untouched():
@@ -193,6 +212,8 @@ def test_imputer_errors():
         noisy_linear_impute(images, ok, noise_std=-1.0)
     with pytest.raises(ValueError, match="`rtol`"):
         noisy_linear_impute(images, ok, rtol=0.0)
+    with pytest.raises(ValueError, match="`dtype` must be None, torch.float64 or torch.float32, got torch.float16"):
+        noisy_linear_impute(images, ok, dtype=torch.float16)
     with pytest.raises(TypeError, match="`generator`"):
         noisy_linear_impute(images, ok, generator="seed")
 
