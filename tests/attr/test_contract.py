@@ -136,6 +136,21 @@ def test_every_target_format_agrees(name, model, x):
 
 
 @pytest.mark.parametrize("name", METHODS)
+def test_targets_are_checked_for_every_example_on_the_first_chunk(name, model, x):
+    # a call checks the targets once (its first pass checks every example's, later passes skip it)
+    method = build(name, model)
+    mixed = torch.tensor([0, -1, 2, -3])
+    expected = method.attribute(x, target=torch.tensor([0, 2, 2, 0]), **kwargs_of(name))
+    assert_same(expected, method.attribute(x, target=mixed, internal_batch_size=1, **kwargs_of(name)), 1e-12)
+    with (
+        _counting_rows(model) as rows,
+        pytest.raises(ValueError, match=f"{N_CLASSES} is out of range|outside the model's {N_CLASSES}"),
+    ):
+        method.attribute(x, target=torch.tensor([0, 1, 2, N_CLASSES]), internal_batch_size=1, **kwargs_of(name))
+    assert sum(rows) <= 1  # at most the first chunk's forward, never a backward past it
+
+
+@pytest.mark.parametrize("name", METHODS)
 def test_tuple_inputs(name):
     model = ImageNet(n_images=2).double().eval()
     inputs = (_images(3, seed=2), _images(3, seed=3))

@@ -123,6 +123,8 @@ class PathCall:
     need_delta: bool
     need_path: bool
     bar: Any = field(default=None, repr=False)
+    #: whether a pass has checked every example's target against the model's output (later passes skip it)
+    target_checked: bool = field(default=False, repr=False)
 
     @property
     def n_examples(self) -> int:
@@ -166,17 +168,25 @@ class PathCall:
         target, args = self.rows_of(examples)
         with torch.enable_grad():
             leaves = tuple(p.detach().requires_grad_() for p in points)
-            grads, scores = gradients_and_scores(self.gradient_func, forward, leaves, target, args)
-        grads = tuple(g.detach() for g in grads)
+            grads, scores = gradients_and_scores(
+                self.gradient_func, forward, leaves, target, args, self.target_checked, self.target
+            )
+        self.target_checked = True
         check_finite_pass(scores, grads, examples)
         self.bar.update(int(examples.shape[0]))
         return grads, scores.detach()
 
     def scores(
-        self, points: Tuple[Tensor, ...], examples: Tensor, forward: Optional[Callable] = None, top: bool = False
+        self,
+        points: Tuple[Tensor, ...],
+        examples: Tensor,
+        forward: Optional[Callable] = None,
+        top: bool = False,
+        on_output: Optional[Callable[[slice, Tensor], None]] = None,
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         """Target scores of rows without gradients, ``(R,)``; with ``top``, also whether the target is the
-        row's largest output (ties count as top), ``(R,)`` bool. Chunked like :meth:`gradients`."""
+        row's largest output (ties count as top), ``(R,)`` bool. Chunked like :meth:`gradients`;
+        ``on_output(rows, output)`` is handed each chunk's whole model output."""
         forward = self.forward_func if forward is None else forward
         n_rows = examples.shape[0]
         scores = torch.empty(n_rows, dtype=points[0].dtype, device=points[0].device)
@@ -185,11 +195,14 @@ class PathCall:
             for rows in self.row_chunks(n_rows):
                 target, args = self.rows_of(examples[rows])
                 output = run_forward(forward, tuple(p[rows] for p in points), None, args)
-                selected = target_scores(output, target, int(examples[rows].shape[0]))
+                selected = target_scores(output, target, int(examples[rows].shape[0]), self.target_checked, self.target)
+                self.target_checked = True
                 check_finite_pass(selected, (), examples[rows])
                 scores[rows] = selected
                 if top:
                     is_top[rows] = selected >= output.reshape(selected.shape[0], -1).max(dim=1).values
+                if on_output is not None:
+                    on_output(rows, output)
                 self.bar.update(int(examples[rows].shape[0]))
         return (scores, is_top) if top else scores
 

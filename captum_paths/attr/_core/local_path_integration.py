@@ -8,9 +8,9 @@ from typing import Any, Callable, List, Literal, Optional, Tuple, Union, overloa
 import torch
 from torch import Tensor
 
-from captum_paths.attr._core.base import PathAttribution, PathCall, PathOutput, check_finite_pass
+from captum_paths.attr._core.base import PathAttribution, PathCall, PathOutput
 from captum_paths.attr._core.reference_bank import ReferenceBank
-from captum_paths.attr._utils.captum_compat import TargetType, TensorOrTuple, log_usage, run_forward, target_scores
+from captum_paths.attr._utils.captum_compat import TargetType, TensorOrTuple, log_usage
 from captum_paths.attr._utils.progress import chunk_slices
 from captum_paths.attr._utils.validation import check_bool, check_positive_int
 
@@ -522,13 +522,13 @@ class LocalPathIntegration(PathAttribution):
                 torch.arange(n_refs).reshape(1, n_refs),
             )
         bank, inputs = self.reference_bank, call.inputs
-        with torch.no_grad():
-            # the input's own forward pass: places it in a neighbourhood and validates `target`
-            output = run_forward(call.forward_func, inputs, None, call.additional_forward_args)
-            input_scores = target_scores(output, call.target, call.n_examples)
-            check_finite_pass(input_scores, (), torch.arange(call.n_examples, device=inputs[0].device))
-            neighborhoods = bank.neighborhoods(output.detach()).cpu()
-        call.bar.update(call.n_examples)
+        neighborhoods = torch.empty(call.n_examples, dtype=torch.long)
+
+        def place(rows: slice, output: Tensor) -> None:
+            neighborhoods[rows] = bank.neighborhoods(output.detach()).cpu()
+
+        # the inputs' own forward passes (chunked): place each in a neighbourhood and check `target`
+        input_scores = call.scores(inputs, torch.arange(call.n_examples, device=inputs[0].device), on_output=place)
         probabilities, reference_rows = bank.reference_probabilities()
         references = tuple(r.to(device=x.device, dtype=x.dtype) for r, x in zip(bank.references_, inputs))
         return _Design(references, neighborhoods, probabilities, reference_rows, input_scores)

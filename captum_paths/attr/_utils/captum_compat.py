@@ -38,6 +38,7 @@ __all__ = [
     "forward_scores",
     "gradients_and_scores",
     "target_scores",
+    "check_target_range",
     "TargetType",
     "SCORES",
     "check_score",
@@ -109,12 +110,9 @@ def _target_indices(target: Any) -> list:
     )
 
 
-def target_scores(output: Tensor, target: Any, n_rows: int) -> Tensor:
-    """Select the target scores from a model output, with clear errors: shape ``(n_rows,)``.
-
-    Raises ``ValueError`` if ``target`` names an index outside the output, or if the selection does
-    not give exactly one score per example (a multi-output model called without ``target``).
-    """
+def check_target_range(output: Tensor, target: Any) -> None:
+    """``ValueError`` if ``target`` (any Captum format) names an index outside ``output``'s dims after the
+    batch."""
     if not isinstance(output, Tensor):
         raise TypeError(f"the forward function must return a torch.Tensor, got {type(output).__name__}")
     for idx in _target_indices(target):
@@ -126,9 +124,24 @@ def target_scores(output: Tensor, target: Any, n_rows: int) -> Tensor:
         for d, i in enumerate(idx):
             if isinstance(i, int) and not -output.shape[d + 1] <= i < output.shape[d + 1]:
                 raise ValueError(f"`target` index {i} is out of range for model output of shape {tuple(output.shape)}")
-    if isinstance(target, Tensor) and target.numel() > 0 and output.dim() > 1 and bool((target < 0).any()):
-        # negative indices count from the end, as they do for an int target
-        target = torch.where(target < 0, target + output.shape[1], target)
+
+
+def target_scores(output: Tensor, target: Any, n_rows: int, checked: bool = False, whole_target: Any = None) -> Tensor:
+    """Select the target scores from a model output, with clear errors: shape ``(n_rows,)``.
+
+    Raises ``ValueError`` if ``target`` names an index outside the output, or if the selection does
+    not give exactly one score per example (a multi-output model called without ``target``).
+    ``whole_target`` (default: ``target``) is what the index check reads: a call's first pass checks
+    every example's target, not only its rows'. ``checked=True`` skips that check (a later pass of a call
+    whose target was checked): negative tensor indices are still counted from the end.
+    """
+    if not checked:
+        check_target_range(output, target if whole_target is None else whole_target)
+    if isinstance(target, Tensor) and target.numel() > 0 and output.dim() > 1:
+        if checked:  # indices in [-C, C): one op, no host sync
+            target = target.remainder(output.shape[1])
+        elif bool((target < 0).any()):  # negative indices count from the end, as they do for an int target
+            target = torch.where(target < 0, target + output.shape[1], target)
     scores = select_targets(output, target)
     if scores.dim() == 0 or scores.shape[0] != n_rows or scores[0].numel() != 1:
         raise ValueError(
@@ -163,6 +176,8 @@ def gradients_and_scores(
     inputs: Tuple[Tensor, ...],
     target: Any = None,
     additional_forward_args: Any = None,
+    checked: bool = False,
+    whole_target: Any = None,
 ) -> Tuple[Tuple[Tensor, ...], Tensor]:
     """Gradients of every row's target score w.r.t. its inputs, and the scores, in one pass.
 
@@ -171,21 +186,29 @@ def gradients_and_scores(
     target scores (shape ``(1,)``) and ``target=None``. Rows do not interact (the assumption of every
     batched attribution), so this is each row's own gradient, exactly what Captum's per-row
     ``torch.unbind`` gives, while sparing autograd one seed tensor per row (a few percent of a small
-    model's pass). The scores are validated (clear
-    ``ValueError`` for a bad ``target``) before any backward pass. Returns ``(grads, scores (N,))``.
+    model's pass). Captum's own ``compute_gradients`` is run inline (the same forward and
+    ``torch.autograd.grad`` of the same sum, without its per-pass inspection of the forward function's
+    signature). The scores are validated (clear ``ValueError`` for a bad ``target``; ``checked`` and
+    ``whole_target`` as in :func:`target_scores`) before any backward pass. Returns ``(grads, scores (N,))``.
     """
     n_rows = inputs[0].shape[0]
     recorded = []
 
     def summed_target_score(*args):
-        scores = target_scores(forward_func(*args), target, n_rows)
+        scores = target_scores(forward_func(*args), target, n_rows, checked, whole_target)
         if not scores.requires_grad:
             raise ValueError(_NO_GRAPH)
         recorded.append(scores.detach())
         return scores.sum().reshape(1)
 
     try:
-        grads = gradient_func(summed_target_score, inputs, None, additional_forward_args)
+        if gradient_func is compute_gradients:
+            with torch.autograd.set_grad_enabled(True):
+                extra = format_additional_forward_args(additional_forward_args)
+                args = inputs if extra is None else (*inputs, *extra)
+                grads = torch.autograd.grad(summed_target_score(*args)[0], inputs)
+        else:
+            grads = gradient_func(summed_target_score, inputs, None, additional_forward_args)
     except RuntimeError as error:
         if "not have been used in the graph" not in str(error):
             raise
