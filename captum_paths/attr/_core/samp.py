@@ -523,6 +523,10 @@ class _PixelGroups:
         """``(R, G)`` -> ``(R, D)``: each group's value on each of its elements."""
         return per_group if self.c == 1 else per_group.repeat(1, self.c)
 
+    def finished(self, remaining: Tensor, ids: Optional[Tensor]) -> Tensor:
+        """``(R, G)`` bool: the groups with no displacement left (every element exactly 0)."""
+        return remaining == 0 if self.c == 1 else remaining.view(remaining.shape[0], self.c, self.g).eq(0).all(1)
+
     def select(self, index: Tensor, ids: Optional[Tensor]) -> Tensor:
         """The elements of the chosen groups ``index`` ``(R, s)``: element indices ``(R, C * s)``."""
         return index if self.offsets is None else (index.unsqueeze(1) + self.offsets).reshape(index.shape[0], -1)
@@ -551,6 +555,9 @@ class _AnyGroups:
 
     def spread(self, per_group: Tensor, ids: Tensor) -> Tensor:
         return per_group.gather(1, ids)
+
+    def finished(self, remaining: Tensor, ids: Tensor) -> Tensor:
+        return group_sum(remaining.abs(), ids, self.g) == 0
 
     def select(self, index: Tensor, ids: Tensor) -> Tensor:
         """The elements of the chosen groups ``index`` ``(R, s)``: a bool mask ``(R, D)``."""
@@ -598,11 +605,12 @@ class _PathRun:
 
     Row ``r`` follows example ``r % N`` (Captum's repeat-whole-batch order over the directions).
 
-    Per running row the state is the point ``x``, the remaining displacement ``remaining`` (exactly 0 on
-    finished groups: a group moved all the way lands exactly on the end point), ``blocked`` ``(R, G)``
-    (0 for pending groups, ``-inf`` for finished ones, added to the signed projection before the top-k)
-    and the accumulated attribution. Groups that start within ``isclose`` of the end point are finished
-    from the start and never move (their effective end point is their start).
+    Per running row the state is the point ``x``, the remaining displacement ``remaining`` and the
+    accumulated attribution. A group is finished exactly when its remaining displacement is 0: a group
+    moved all the way lands exactly on its end point (``dx`` is the remaining displacement itself), one
+    the IC moved part of the way keeps a non-zero remainder and competes again. Groups that start within
+    ``isclose`` of the end point are finished from the start and never move (their effective end point is
+    their start).
     """
 
     def __init__(self, call: PathCall, plan: _PathPlan, options: SampOptions) -> None:
@@ -646,10 +654,9 @@ class _PathRun:
         # a group is pending until it is moved all the way; one that starts on its end point never moves
         moves = self.layout.sums((~torch.isclose(x, self.ends[chunk])).to(x.dtype), ids) > 0
         ends = torch.where(self.layout.spread(moves, ids), self.ends[chunk], x)
-        blocked = torch.zeros(moves.shape, dtype=x.dtype, device=x.device).masked_fill_(~moves, float("-inf"))
         largest = self.plan.largest[chunk]
         state = _Running(
-            rows=rows, examples=examples, x=x, ends=ends, remaining=ends - x, blocked=blocked, ids=ids,
+            rows=rows, examples=examples, x=x, ends=ends, remaining=ends - x, ids=ids,
             acc=torch.zeros_like(x), eta=None if self.eta_abs is None else self.eta_abs[chunk],
             sign=torch.where(largest, 1.0, -1.0).to(x.dtype).unsqueeze(1) if self.sign is None else self.sign,
             smoothed=None, last_sel=None, last_dx=None,
@@ -705,7 +712,7 @@ class _PathRun:
         """Find the rows with no pending group: the left rule writes them out now; the trapezoid rule returns
         them as ``final`` (they take one more pass, at their end point). Returns the next step at which a
         row can finish, and ``final``."""
-        pending = (s.blocked == 0).sum(1)
+        pending = (~self.layout.finished(s.remaining, s.ids)).sum(1)
         done = pending == 0
         final = None
         if s.rows.numel() and bool(done.any()):
@@ -734,32 +741,27 @@ class _PathRun:
         under momentum), bound by the IC, move, accumulate ``g * dx`` (the left rule: ``g = chooser``;
         the trapezoid: half of the raw ``grads`` now, the other half at the next point)."""
         lay = self.layout
-        projection = lay.sums(chooser * s.remaining, s.ids)
-        if self.sign is None:  # insertion rows want the largest projection, deletion rows the most negative
-            signed = torch.addcmul(s.blocked, projection, s.sign)
-        else:
-            signed = s.blocked.add(projection, alpha=self.sign)
+        # insertion rows want the largest projection, deletion rows the most negative (a fresh tensor:
+        # the product itself when groups are single elements)
+        signed = lay.sums(chooser * s.remaining, s.ids)
+        if self.sign != 1.0:
+            signed.mul_(s.sign)
+        signed.masked_fill_(lay.finished(s.remaining, s.ids), float("-inf"))
         index = signed.topk(self.k, dim=1).indices  # finished groups (-inf) only when fewer than s are left
         sel = lay.select(index, s.ids)
         r_sel = lay.take(s.remaining, sel)  # 0 on finished groups: choosing one moves nothing
-        full, dx, step_l1 = None, r_sel, None
+        dx, step_l1 = r_sel, None
         if s.eta is not None or self.record:
             step_l1 = r_sel.abs().sum(1)
         if s.eta is not None:
-            full = step_l1 <= s.eta
-            scale = (s.eta / step_l1).clamp_(max=1.0)
+            scale = (s.eta / step_l1).clamp_(max=1.0)  # 1: the whole remainder, dx = r_sel exactly
             dx = r_sel * scale.unsqueeze(1)
             step_l1 = step_l1 * scale
         gain = lay.take(grads if self.trapezoid else chooser, sel).mul_(dx)
         lay.add(s.acc, sel, gain.mul_(0.5) if self.trapezoid else gain)
-        new_remaining = r_sel - dx  # exactly 0 where the group moved all the way
+        new_remaining = r_sel - dx  # exactly 0 where the group moved all the way: it is finished
         s.remaining = lay.put(s.remaining, sel, new_remaining)
         s.x = lay.put(s.x, sel, lay.take(s.ends, sel) - new_remaining)
-        if full is None:
-            s.blocked.scatter_(1, index, float("-inf"))
-        else:
-            finished = torch.zeros_like(step_l1).masked_fill_(full, float("-inf"))
-            s.blocked.scatter_add_(1, index, finished.unsqueeze(1).expand_as(index))
         if self.trapezoid:
             s.last_sel, s.last_dx = sel, dx
         if self.record:
