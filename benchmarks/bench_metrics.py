@@ -102,7 +102,7 @@ def compare_with_authors(model, x, attr, step, repeats, root):
         return torch.as_tensor(out["deletion"]["auc"]), torch.as_tensor(out["insertion"]["auc"])
 
     def ours():
-        kw = dict(target=pred, step=step, score="logit", auc="mean", normalize=True)
+        kw = dict(target=pred, features_per_step=step, score="logit", auc="mean", normalize=True)
         return deletion(model, x, attr, substrate="zeros", **kw), insertion(model, x, attr, substrate="blur", **kw)
 
     t_theirs, t_ours, c_theirs, c_ours = (float("inf"),) * 4

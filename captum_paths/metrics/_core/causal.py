@@ -120,9 +120,16 @@ def _row_builder(flat_attr, ids, n_groups, per_step, points, start, finish, like
     first_moved_step = (element_rank // per_step + 1).to(step_dtype)
 
     def make_rows(rows: Tensor) -> Tuple[Tensor, ...]:
-        example, k = rows // points, (rows % points).to(step_dtype)
-        moved = first_moved_step.index_select(0, example) <= k.unsqueeze(1)
-        perturbed = torch.where(moved, finish.index_select(0, example), start.index_select(0, example))
+        """``rows``: a consecutive ascending range (what :func:`evaluate_rows` passes)."""
+        first, count = int(rows[0]), rows.shape[0]
+        perturbed = start.new_empty((count, start.shape[1]))
+        # one example's rows at a time: its start, finish and steps broadcast over its rows, so no
+        # (rows, D) copies of them are gathered (two passes over the chunk in all: compare and select)
+        for e in range(first // points, (first + count - 1) // points + 1):
+            lo, hi = max(first, e * points), min(first + count, (e + 1) * points)
+            k = torch.arange(lo - e * points, hi - e * points, device=rows.device, dtype=step_dtype)
+            moved = first_moved_step[e] <= k.unsqueeze(1)
+            torch.where(moved, finish[e], start[e], out=perturbed[lo - first : hi - first])
         return unflatten_inputs(perturbed, like)
 
     return make_rows
