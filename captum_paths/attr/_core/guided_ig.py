@@ -96,38 +96,42 @@ def guided_step_(
     z_lo = path.baseline + path.diff * bounds.alpha_lo
     z_hi = path.baseline + path.diff * bounds.alpha_hi
     l1_target = path.l1_total * bounds.remaining
-    moving = path.diff != 0
     magnitude = grads.abs()
+    # the gradient is fixed for the step, so its sub-iterations' left sums add up to (z_end - z_start) * G
+    z_start = z.clone() if attributions is not None else None
+    # only the first sub-iteration can find lagging features: later ones only move features toward z_hi
+    # (snapping again a feature already at z_lo, which rounding can make look lagging, changes nothing)
+    progress = torch.where(path.diff != 0, (z - path.baseline) / path.diff, bounds.alpha_hi)
+    torch.where(progress < bounds.alpha_lo, z_lo, z, out=z)
     active: Optional[Tensor] = None  # None: every row (the common first sub-iteration, no masking)
-    for iteration in range(1, n + 3):  # each continuing sub-iteration saturates >= 1 feature per row
-        z_old = z.clone() if attributions is not None else None
-        lagging = torch.where(moving, (z - path.baseline) / path.diff, bounds.alpha_hi) < bounds.alpha_lo
-        if active is not None:
-            lagging &= active[:, None]
-        torch.where(lagging, z_lo, z, out=z)
+    iteration = 0
+    while True:
+        iteration += 1
+        if iteration > n + 2:  # pragma: no cover - each continuing sub-iteration saturates >= 1 feature per row
+            raise RuntimeError("Guided IG step did not converge: please report this input")
         l1 = (z - path.x).abs().sum(dim=1)
         searching = ~l1_isclose(l1, l1_target)
         if active is not None:
             searching &= active
-        if not bool(searching.any()):  # every row reached its target by the snapping alone
-            if attributions is not None:
-                attributions.add_((z - z_old) * grads)
-            return iteration
+        if not bool(searching.any()):  # every row reached its target
+            break
         magnitude.masked_fill_(z == z_hi, math.inf)
-        selected = magnitude <= lower_quantile(magnitude, fraction)[:, None]
-        selected &= (magnitude != math.inf) & searching[:, None]
+        # |G| <= the lower quantile; saturated features (+inf) never, even when the quantile is +inf
+        threshold = lower_quantile(magnitude, fraction).clamp_(max=torch.finfo(magnitude.dtype).max)
+        selected = magnitude <= threshold[:, None]
         gap = z_hi - z
         l1_selected = (gap.abs() * selected).sum(dim=1)
-        gamma = torch.where(l1_selected > 0, (l1 - l1_target) / l1_selected, math.inf)
+        # rows that stop searching get gamma 0: their selection does not move
+        gamma = torch.where(l1_selected > 0, (l1 - l1_target) / l1_selected, math.inf).masked_fill_(~searching, 0.0)
         full = gamma > 1
         partial_move = z + gap * gamma.clamp(0.0, 1.0)[:, None]
         torch.where(selected, torch.where(full[:, None], z_hi, partial_move), z, out=z)
-        if attributions is not None:
-            attributions.add_((z - z_old) * grads)
         active = searching & full & selected.any(dim=1)
         if not bool(active.any()):
-            return iteration
-    raise RuntimeError("Guided IG step did not converge: please report this input")  # pragma: no cover
+            break
+    if attributions is not None:
+        attributions.add_((z - z_start) * grads)
+    return iteration
 
 
 @dataclass
