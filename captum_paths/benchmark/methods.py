@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from captum_paths.benchmark.unshare import unshare_modules
+
 __all__ = [
     "MethodContext",
     "MethodSpec",
@@ -298,10 +300,27 @@ def _smoothgrad_build(n_samples: int, stdev_fraction: float):
 
 
 def _deeplift_build(model: nn.Module, ctx: MethodContext) -> Explain:
+    # DeepLift (Shrikumar et al. 2017, Rescale rule) as Captum implements it, zero baseline. Captum keeps one
+    # input and output per nonlinearity module and raises when a module runs twice in a forward, as in
+    # torchvision's ResNet blocks (self.relu called two or three times): the model is first given one module
+    # per call site (same outputs, shared weights). Wrappers above a rewritten block are copies, so a copied
+    # PassCounter counts apart: its rows are added to the counter this builder was given after every call.
     from captum.attr import DeepLift
 
-    deeplift = DeepLift(model)
-    return lambda x, target: deeplift.attribute(x, baselines=0.0, target=target)
+    unshared = unshare_modules(model)
+    counted_apart = unshared is not model and isinstance(model, PassCounter)
+    deeplift = DeepLift(unshared)
+
+    def explain(x: Tensor, target: Tensor) -> Tensor:
+        if counted_apart:
+            unshared.reset()
+        attributions = deeplift.attribute(x, baselines=0.0, target=target)
+        if counted_apart:
+            model.forward_rows += unshared.forward_rows
+            model.backward_rows += unshared.backward_rows
+        return attributions
+
+    return explain
 
 
 def last_conv_layer(model: nn.Module) -> nn.Module:

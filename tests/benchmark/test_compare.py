@@ -199,8 +199,7 @@ def test_resnet50_random_weights_224_every_method_every_metric(tmp_path):
         "rise": {"features_per_step": 224 * 56},
         "diffid": {"ratios": [0.3, 0.6, 0.9]},
     }
-    # Captum's DeepLift refuses torchvision's ResNet (each Bottleneck calls one ReLU module three times)
-    methods = [m for m in METHOD_NAMES if m != "deeplift"]
+    methods = list(METHOD_NAMES)
     r = compare(
         model,
         x,
