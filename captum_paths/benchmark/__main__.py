@@ -96,7 +96,7 @@ def _what_flags(p: argparse.ArgumentParser) -> None:
         + ", ".join(ALL_METRICS)
         + " (default: "
         + ", ".join(METRICS)
-        + "; sic_aic and mu_fidelity cost more and run when named)",
+        + "; mu_fidelity costs more and runs when named)",
     )
     p.add_argument(
         "--quick",

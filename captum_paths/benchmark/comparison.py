@@ -168,8 +168,7 @@ def compare(
             index order). With labels, the model's accuracy on the images is reported.
         methods (sequence of str, optional): names from ``METHOD_NAMES`` (default: every available one).
         metrics (sequence of str, optional): names from ``ALL_METRICS`` (default: ``METRICS``, i.e. all but
-            the costly ``EXPENSIVE_METRICS`` ``sic_aic``, ``mu_fidelity`` and ``road``; ``pointing_game`` only
-            with ``regions``).
+            the costly ``EXPENSIVE_METRICS``, ``mu_fidelity``; ``pointing_game`` only with ``regions``).
         out (str, optional): folder for ``results.md``, ``results.json``, the figures and ``progress/``
             (which makes an interrupted call resumable). None writes nothing.
         reference (optional): reference images for expected gradients and LPI's bank (a tensor, pair,

@@ -231,4 +231,4 @@ def test_markdown_second_table_and_timing_conditions(tmp_path):
     assert "0.400 ± 0.100" in md
     assert "2 torch thread(s) on 2 cores, 1-minute load average 1.50-2.00" in md
     assert "load average at the end 1.00 / 2.00 / 3.00" in md
-    assert "Costly, computed only when selected by name (`metrics=`): `sic_aic`, `mu_fidelity`" in md
+    assert "Costly, computed only when selected by name (`metrics=`): `mu_fidelity`" in md
