@@ -230,8 +230,9 @@ def conjugate_gradient(
     return x_out, converged
 
 
-#: grid cells per CG batch: about 2 MB per float64 vector, so that the iterates stay in the CPU's cache
-#: (measured on 28x28 digits: 2x faster than one batch of 1,400 images); results do not depend on it
+#: grid cells per CG batch on the CPU: about 2 MB per float64 vector, so that the iterates stay in the cache
+#: (measured on 28x28 digits: 2x faster than one batch of 1,400 images); a GPU takes every image in one batch
+#: (it wants wide batches; the caller bounds them). Results do not depend on it
 _CG_BATCH_CELLS = 2**18
 
 
@@ -239,15 +240,15 @@ def _solve_harmonic_fill(
     images: Tensor, removed: Tensor, rtol: float, max_iter: Optional[int], dtype: torch.dtype
 ) -> Tensor:
     """Solution of the official system for every image and channel, in ``dtype``: ``(B, C, H, W)``, the
-    input values on kept pixels. ``removed`` is ``(B, H, W)`` bool. Images are solved in batches of about
-    :data:`_CG_BATCH_CELLS` grid cells."""
+    input values on kept pixels. ``removed`` is ``(B, H, W)`` bool. On the CPU, images are solved in batches
+    of about :data:`_CG_BATCH_CELLS` grid cells."""
     b_count, c, h, w = images.shape
     hp, wp = _padded_shape(h, w)
     inside = torch.zeros(1, hp, wp, dtype=dtype, device=images.device)
     inside[:, 1 : h + 1, 1 : w + 1] = 1
     sums = _neighbour_sum_padded(inside) * inside + (1 - inside)  # s, and 1 on the ring (never used)
     limit = max_iter if max_iter is not None else 10 * (h + w) + 100
-    per_batch = max(1, _CG_BATCH_CELLS // (c * hp * wp))
+    per_batch = max(1, _CG_BATCH_CELLS // (c * hp * wp)) if images.device.type == "cpu" else b_count
     filled = torch.empty(b_count, c, h, w, dtype=dtype, device=images.device)
     failed = 0
     for first in range(0, b_count, per_batch):
@@ -380,8 +381,8 @@ def noisy_linear_impute(
 
     Cost: no model pass. Per CG iteration about ten passes over the ``B C (H + 2) (W + 2)`` grid; the
     iterations grow with the widest hole (tens at 28x28, hundreds at 224x224). Systems leave the batch as
-    they converge. Memory: about eight ``dtype`` copies of a solver batch (about 2**18 grid cells, at least
-    one image), whatever ``B``.
+    they converge. Memory: about eight ``dtype`` copies of a solver batch: on the CPU about 2**18 grid cells
+    (at least one image) whatever ``B``; on a GPU the whole batch.
     """
     removed = _check_imputer_arguments(images, masks, noise_std, rtol, max_iter)
     if dtype is None:
