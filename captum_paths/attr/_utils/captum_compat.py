@@ -214,7 +214,7 @@ def gradients_and_scores(
             raise
         raise ValueError(_NO_GRAPH) from error
     if not recorded:  # a custom gradient_func that never called the forward function
-        return grads, forward_scores(forward_func, inputs, target, additional_forward_args)
+        return tuple(g.detach() for g in grads), forward_scores(forward_func, inputs, target, additional_forward_args)
     return tuple(g.detach() for g in grads), recorded[-1]
 
 
