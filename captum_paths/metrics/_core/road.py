@@ -281,7 +281,9 @@ def _apply_imputation_operator(v: Tensor, diagonal: Tensor, mask: Tensor) -> Ten
     return torch.addcmul(diagonal * v, mask, _neighbour_sum_padded(v), value=-1)
 
 
-def _check_imputer_arguments(images: Tensor, masks: Tensor, noise_std: Any, rtol: Any, max_iter: Any) -> Tensor:
+def _check_imputer_arguments(
+    images: Tensor, masks: Tensor, noise_std: Any, rtol: Any, max_iter: Any, dtype: Any
+) -> Tensor:
     if not isinstance(images, Tensor) or images.dim() != 4:
         raise ValueError(
             f"`images` must be a (B, C, H, W) tensor, got {type(images).__name__} of shape "
@@ -312,6 +314,8 @@ def _check_imputer_arguments(images: Tensor, masks: Tensor, noise_std: Any, rtol
         raise ValueError(f"`rtol` must be None or a number in (0, 1), got {rtol!r}")
     if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, Integral) or max_iter < 1):
         raise ValueError(f"`max_iter` must be None or a positive int, got {max_iter!r}")
+    if dtype not in (None, torch.float64, torch.float32):
+        raise ValueError(f"`dtype` must be None, torch.float64 or torch.float32, got {dtype!r}")
     return removed
 
 
@@ -384,11 +388,9 @@ def noisy_linear_impute(
     they converge. Memory: about eight ``dtype`` copies of a solver batch: on the CPU about 2**18 grid cells
     (at least one image) whatever ``B``; on a GPU the whole batch.
     """
-    removed = _check_imputer_arguments(images, masks, noise_std, rtol, max_iter)
+    removed = _check_imputer_arguments(images, masks, noise_std, rtol, max_iter, dtype)
     if dtype is None:
         dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
-    if dtype not in (torch.float64, torch.float32):
-        raise ValueError(f"`dtype` must be None, torch.float64 or torch.float32, got {dtype!r}")
     if rtol is None:
         rtol = 1e-9 if dtype == torch.float64 else 1e-6
     gen = check_generator(generator)
