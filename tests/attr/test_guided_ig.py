@@ -19,6 +19,7 @@ from captum_paths.attr._core.guided_ig import (
     guided_step_bounds,
     l1_isclose,
     lower_quantile,
+    sorted_rows,
 )
 
 # tiny tensors: thread hand-offs cost more than the work (and the machine is shared)
@@ -237,15 +238,24 @@ def test_float32_inputs_keep_a_float64_path():
 # the small functions
 
 
-def test_lower_quantile_is_numpy_lower_with_infinities():
+def test_lower_quantile_is_numpy_lower_after_removing_the_smallest():
     g = torch.Generator().manual_seed(7)
     values = torch.rand(4, 37, generator=g, dtype=torch.float64)
     values[0, :10] = math.inf
     values[1] = math.inf
-    values[2, :20] = 0.0
-    for q in (0.0, 0.1, 0.25, 0.5, 0.99, 1.0):
-        expected = np.quantile(values.numpy(), q, axis=1, method="lower")
-        np.testing.assert_array_equal(lower_quantile(values, q).numpy(), expected)
+    values[2, :20] = 0.0  # ties
+    values[3, 5:9] = values[3, 4]
+    ranked = sorted_rows(values, out=torch.empty_like(values))
+    torch.testing.assert_close(ranked, values.sort(dim=1).values, rtol=0, atol=0)
+    for removed in ([0, 0, 0, 0], [3, 0, 20, 9], [30, 36, 37, 37]):
+        counts = torch.tensor(removed)
+        kept = torch.where(torch.arange(37) < counts[:, None], math.inf, ranked)  # the removed count as +inf
+        for q in (0.0, 0.1, 0.25, 0.5, 0.99, 1.0):
+            expected = torch.from_numpy(np.quantile(kept.numpy(), q, axis=1, method="lower"))
+            got = lower_quantile(ranked, counts, q)[:, 0]
+            # +inf comes back as the row's largest value: the same features lie at or below it
+            expected = torch.where(torch.isinf(expected), ranked[:, -1], expected)
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_l1_isclose_is_math_isclose():
@@ -268,21 +278,21 @@ def test_step_reaches_its_l1_target_inside_the_band_moving_toward_the_input():
     x = torch.randn(5, 50, generator=g, dtype=torch.float64)
     b = torch.randn(5, 50, generator=g, dtype=torch.float64)
     b[:, :5] = x[:, :5]  # features with D = 0
-    path = GuidedPath(b.clone(), x, b, x - b, (x - b).abs().sum(dim=1))
+    path = GuidedPath.start(x, b)
     for step in range(6):
-        before = path.z.clone()
+        before = path.point().clone()
         grads = torch.randn(5, 50, generator=g, dtype=torch.float64)
         grads[:, 10:20] = 0.0  # ties
         bounds = guided_step_bounds(step, 6, 0.15)
         attributions = torch.zeros_like(x)
         guided_step_(path, grads, bounds, 0.2, attributions)
-        torch.testing.assert_close(attributions, (path.z - before) * grads, rtol=1e-12, atol=1e-12)
-        l1 = (path.z - x).abs().sum(dim=1)
-        torch.testing.assert_close(l1, path.l1_total * bounds.remaining, rtol=1e-9, atol=1e-9)
-        progress = ((path.z - b) / (x - b))[:, 5:]
+        torch.testing.assert_close(attributions * (x - b), (path.point() - before) * grads, rtol=1e-12, atol=1e-12)
+        l1 = (path.point() - x).abs().sum(dim=1)
+        torch.testing.assert_close(l1, torch.from_numpy(path.l1_total * bounds.remaining), rtol=1e-9, atol=1e-9)
+        progress = ((path.point() - b) / (x - b))[:, 5:]
         assert bool((progress >= bounds.alpha_lo - 1e-12).all() and (progress <= bounds.alpha_hi + 1e-12).all())
-        assert bool(((path.z - before) * (x - b) >= 0).all())  # only ever toward the input
-    torch.testing.assert_close(path.z, x, rtol=0, atol=1e-12)
+        assert bool(((path.point() - before) * (x - b) >= 0).all())  # only ever toward the input
+    torch.testing.assert_close(path.point(), x, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize(

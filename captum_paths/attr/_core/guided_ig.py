@@ -1,9 +1,12 @@
 """Guided Integrated Gradients (Kapishnikov, Venugopalan, Avci, Wedin, Terry & Bolukbasi, CVPR 2021)."""
 
+import functools
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Tuple, Union, overload
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -14,10 +17,13 @@ from captum_paths.attr._utils.idgi import idgi_accumulate_
 from captum_paths.attr._utils.validation import check_bool, check_positive_int, check_probability
 from captum_paths.baselines import BaselinesType
 
-__all__ = ["GuidedIG", "guided_step_bounds", "lower_quantile", "l1_isclose", "guided_step_"]
+__all__ = ["GuidedIG", "guided_step_bounds", "sorted_rows", "lower_quantile", "l1_isclose", "guided_step_"]
 
 #: math.isclose tolerances (relative and absolute) of the reference's "L1 target reached" test
 L1_TOLERANCE = 1e-9
+#: the magnitude of a feature out of the step (the largest float64), and the largest threshold that leaves it out
+_RANKS_LAST = sys.float_info.max
+_BELOW_LAST = math.nextafter(_RANKS_LAST, 0.0)
 
 
 @dataclass(frozen=True)
@@ -40,31 +46,74 @@ def guided_step_bounds(step: int, n_steps: int, max_dist: float) -> GuidedStepBo
     return GuidedStepBounds(max(alpha - max_dist, 0.0), min(alpha + max_dist, 1.0), 1 - (step + 1) / n_steps)
 
 
-def lower_quantile(values: Tensor, fraction: float) -> Tensor:
-    """Row-wise ``numpy.quantile(values, fraction, method="lower")`` of a ``(R, n)`` tensor: ``(R,)``.
+def sorted_rows(values: Tensor, out: Tensor) -> Tensor:
+    """Each row of a ``(R, n)`` tensor sorted ascending, written to ``out``. On the CPU by numpy's sort on a
+    view of ``out`` (over 10x faster than torch's CPU sort at these sizes), elsewhere by ``torch.sort``."""
+    if values.is_cpu:
+        out.copy_(values).numpy().sort(axis=1)
+        return out
+    return torch.sort(values, dim=1, out=(out, torch.empty_like(out, dtype=torch.long))).values
 
-    The sorted value at index ``floor((n - 1) * fraction)`` (``+inf`` entries sort last), found by
-    ``kthvalue``: no full sort and no element-count limit (``torch.quantile`` has both).
+
+def lower_quantile(ranked: Tensor, removed: Tensor, fraction: float) -> Tensor:
+    """Row-wise ``numpy.quantile(v, fraction, method="lower")`` of rows ``v`` whose ``removed`` smallest values
+    count as ``+inf``, from the sorted rows ``ranked`` (``(R, n)``) and the counts ``removed`` (``(R,)``
+    integers): ``(R, 1)``.
+
+    That quantile is the sorted value at index ``floor((n - 1) * fraction)`` of ``v``, i.e. ``ranked[removed +
+    index]``; past the end of the row it is ``+inf`` (returned as the row's largest value, which selects the
+    same features by ``<=``).
     """
-    k = math.floor((values.shape[1] - 1) * fraction) + 1
-    return values.kthvalue(k, dim=1).values
+    n = ranked.shape[1]
+    position = (removed + math.floor((n - 1) * fraction)).clamp_(max=n - 1)
+    return ranked.gather(1, position[:, None])
 
 
-def l1_isclose(current: Tensor, target: Tensor) -> Tensor:
+def l1_isclose(current: np.ndarray, target: np.ndarray) -> np.ndarray:
     """``math.isclose(current, target, rel_tol=1e-9, abs_tol=1e-9)`` element-wise (bool, same shape)."""
-    scale = torch.maximum(current.abs(), target.abs()) * L1_TOLERANCE
-    return (current - target).abs() <= scale.clamp_min(L1_TOLERANCE)
+    scale = np.maximum(np.maximum(np.abs(current), np.abs(target)) * L1_TOLERANCE, L1_TOLERANCE)
+    return np.abs(current - target) <= scale
 
 
 @dataclass
 class GuidedPath:
-    """The state of ``R`` examples' paths, flat ``(R, n)`` and float64: point ``z``, input, baseline, ``x - x'``."""
+    """``R`` examples' paths, flat ``(R, n)`` float64, in progress coordinates.
 
-    z: Tensor
+    ``progress`` is each feature's ``alpha`` (the point is ``z = x' + alpha (x - x')``); features with
+    ``x = x'`` sit at ``alpha = 1`` for good (saturated from the start, as in the reference). ``weight`` is
+    ``|x - x'|``, so a feature's L1 distance to the input is ``weight (1 - alpha)``; ``l1_total`` (a float64
+    numpy array: the per-row decisions of a step run on the host) is its row sum; ``fixed`` is the largest
+    float where ``x = x'`` and 0 elsewhere (those features never move). ``work`` holds the step's
+    ``(R, n)`` working tensors, allocated once: a step then allocates nothing of that size, which matters
+    on the CPU, where fresh large buffers after a model pass cost system calls and page faults.
+    """
+
+    progress: Tensor
     x: Tensor
     baseline: Tensor
     diff: Tensor
-    l1_total: Tensor
+    weight: Tensor
+    l1_total: np.ndarray
+    fixed: Tensor
+    work: Tuple[Tensor, ...]
+
+    @classmethod
+    def start(cls, x: Tensor, baseline: Tensor, point_dtype: torch.dtype = torch.float64) -> "GuidedPath":
+        """The paths' start: every feature at the baseline (``alpha = 0``; ``1`` where ``x = x'``).
+
+        :meth:`point` gives the points in ``point_dtype`` (the model's input dtype).
+        """
+        diff = x - baseline
+        weight = diff.abs()
+        progress = (weight == 0).to(x.dtype)
+        fixed = progress * _RANKS_LAST  # the magnitude of the features with x = x' in every step
+        # one dtype for every (R, n) operand of a step: torch copies mixed-dtype operands on every call
+        work = (*x.new_empty((5,) + tuple(x.shape)).unbind(0), x.new_empty(x.shape, dtype=point_dtype))
+        return cls(progress, x, baseline, diff, weight, weight.sum(dim=1).cpu().numpy(), fixed, work)
+
+    def point(self) -> Tensor:
+        """The current points ``z = x' + alpha (x - x')`` (the reference's formula, rounded to the dtype)."""
+        return torch.addcmul(self.baseline, self.diff, self.progress, out=self.work[5])
 
 
 def guided_step_(
@@ -74,63 +123,84 @@ def guided_step_(
     fraction: float,
     attributions: Optional[Tensor] = None,
 ) -> int:
-    r"""One step of Guided IG for every row at once; moves ``path.z`` in place. Returns the sub-iterations run.
+    r"""One step of Guided IG for every row at once; moves ``path.progress`` in place. Returns the sub-iterations.
 
-    With ``G = grads`` (``(R, n)``, fixed for the step), band ``z_lo = x' + alpha_lo D``, ``z_hi = x' + alpha_hi
-    D`` and target ``L_t = remaining * ||D||_1``, each row repeats, until it stops:
+    With ``G = grads`` (``(R, n)``, fixed for the step), ``alpha`` each feature's progress, the band
+    ``[alpha_lo, alpha_hi]`` and the target ``L_t = remaining * ||D||_1``, each row first pulls its features
+    lagging the band up to ``alpha_lo``, then repeats, until it stops:
 
-    1. features lagging the band (progress ``(z - x') / D < alpha_lo``; ``D = 0`` counts as ``alpha_hi``) are
-       snapped to ``z_lo``; if ``||z - x||_1`` is within ``1e-9`` (``math.isclose``) of ``L_t`` the row stops;
-    2. features at ``z_hi`` leave the selection for the rest of the step; of the others, the selection ``S``
-       is every feature with ``|G| <=`` the lower ``fraction``-quantile of ``|G|`` over all ``n`` features
-       (saturated ones counted as ``+inf``; ties at the threshold all join);
-    3. ``gamma = (||z - x||_1 - L_t) / sum_S |z_hi - z|``: if ``gamma > 1`` the selection moves all the way to
-       ``z_hi`` and the row goes on, else it moves by the fraction ``gamma`` of its gap and the row stops.
+    1. if ``||z - x||_1 = sum |D| (1 - alpha)`` is within ``1e-9`` (``math.isclose``) of ``L_t`` the row stops;
+    2. features at ``alpha_hi`` are out for the rest of the step; of the others, the selection ``S`` is every
+       feature with ``|G| <=`` the lower ``fraction``-quantile of ``|G|`` over all ``n`` features (those out
+       counted as larger than any gradient; ties at the threshold all join);
+    3. ``gamma = (||z - x||_1 - L_t) / sum_S |D| (alpha_hi - alpha)``: if ``gamma > 1`` the selection moves all
+       the way to ``alpha_hi`` and the row goes on, else it moves by the fraction ``gamma`` of its gap and the
+       row stops.
 
-    ``attributions`` (``(R, n)``, optional) gets ``(z_new - z_old) * G`` after every sub-iteration (the
-    reference's left Riemann sum). Two guards where the reference would fail: a row whose selection is
-    empty stops (the reference loops forever), and ``gamma <= 0`` (the target overshot by rounding; the
-    reference asserts) moves nothing.
+    ``attributions`` (``(R, n)`` float64, optional) gets ``(alpha_end - alpha_start) * G``: times ``D`` (once,
+    after the last step) that is the reference's left Riemann sum of the step's moves ``(z_new - z_old) * G``
+    (the gradient is fixed for the step, so the moves' sums add up).
+
+    The reference works on the points ``z`` themselves; here the state is ``alpha`` (the band is then two
+    scalars and every pass over the features is a plain float operation), which changes results only by
+    rounding: ``z = x' + alpha D`` is the reference's own formula for the band's edges, and a partial move
+    ``alpha + gamma (alpha_hi - alpha)`` is its ``z + gamma (z_hi - z)`` divided by ``D``. Lagging features are
+    only found before the first sub-iteration: later ones move features toward ``alpha_hi`` only. Two guards
+    where the reference would fail: a row whose selection is empty stops (the reference loops forever), and
+    ``gamma <= 0`` (the target overshot by rounding; the reference asserts) moves nothing.
     """
-    z, n = path.z, path.z.shape[1]
-    z_lo = path.baseline + path.diff * bounds.alpha_lo
-    z_hi = path.baseline + path.diff * bounds.alpha_hi
+    progress, n = path.progress, path.progress.shape[1]
+    selected, gaps, magnitude, ranking, gradient = path.work[:5]
+    grads = gradient.copy_(grads)  # in float64, like every operand below
+    if attributions is not None:  # the step adds (alpha_end - alpha_start) * G: no copy of alpha_start kept
+        attributions.addcmul_(progress, grads, value=-1.0)
+    progress.clamp_(min=bounds.alpha_lo)  # the snap is a move of the step too
+    # masks are 1.0 / 0.0 floats (torch's CPU kernels writing bools are several times slower); a feature out
+    # of the step (at alpha_hi) gets the largest float as its magnitude, above every gradient. Below 1, the
+    # band's top is new each step (above every earlier move), so only the features with x = x' are there.
+    torch.abs(grads, out=magnitude)
+    if bounds.alpha_hi < 1.0 and bounds.alpha_lo < bounds.alpha_hi:
+        torch.maximum(magnitude, path.fixed, out=magnitude)
+    else:
+        torch.maximum(magnitude, torch.ge(progress, bounds.alpha_hi, out=selected).mul_(_RANKS_LAST), out=magnitude)
+    alpha_hi = torch.full((), bounds.alpha_hi, dtype=progress.dtype, device=progress.device)
+    # a feature's L1 way to alpha_hi: fixed for the step (a feature that moves fully leaves the step)
+    torch.sub(alpha_hi, progress, out=gaps).mul_(path.weight)
+    # each sub-iteration's selection is every feature with |G| at most the lower quantile of those still in the
+    # step: with the magnitudes sorted once, that is the sorted value ``removed + index`` (``removed``: the
+    # features at or below the last threshold), and features moved fully sit at alpha_hi, where moving them
+    # again changes nothing: so a selection may keep them, and its new L1 is the growth of the selected sum
+    ranked = sorted_rows(magnitude, out=ranking)
+    removed = torch.zeros(progress.shape[0], dtype=torch.long, device=progress.device)
+    # the per-row decisions (R numbers each) run in numpy on the host
+    l1_start = path.l1_total - torch.linalg.vecdot(path.weight, progress).cpu().numpy()
     l1_target = path.l1_total * bounds.remaining
-    magnitude = grads.abs()
-    # the gradient is fixed for the step, so its sub-iterations' left sums add up to (z_end - z_start) * G
-    z_start = z.clone() if attributions is not None else None
-    # only the first sub-iteration can find lagging features: later ones only move features toward z_hi
-    # (snapping again a feature already at z_lo, which rounding can make look lagging, changes nothing)
-    progress = torch.where(path.diff != 0, (z - path.baseline) / path.diff, bounds.alpha_hi)
-    torch.where(progress < bounds.alpha_lo, z_lo, z, out=z)
-    active: Optional[Tensor] = None  # None: every row (the common first sub-iteration, no masking)
+    moved = np.zeros_like(l1_start)  # the L1 moved so far in the step
+    active = np.ones(l1_start.shape, dtype=bool)
     iteration = 0
     while True:
         iteration += 1
         if iteration > n + 2:  # pragma: no cover - each continuing sub-iteration saturates >= 1 feature per row
             raise RuntimeError("Guided IG step did not converge: please report this input")
-        l1 = (z - path.x).abs().sum(dim=1)
-        searching = ~l1_isclose(l1, l1_target)
-        if active is not None:
-            searching &= active
-        if not bool(searching.any()):  # every row reached its target
+        l1 = l1_start - moved
+        searching = active & ~l1_isclose(l1, l1_target)
+        if not searching.any():  # every row reached its target
             break
-        magnitude.masked_fill_(z == z_hi, math.inf)
-        # |G| <= the lower quantile; saturated features (+inf) never, even when the quantile is +inf
-        threshold = lower_quantile(magnitude, fraction).clamp_(max=torch.finfo(magnitude.dtype).max)
-        selected = magnitude <= threshold[:, None]
-        gap = z_hi - z
-        l1_selected = (gap.abs() * selected).sum(dim=1)
-        # rows that stop searching get gamma 0: their selection does not move
-        gamma = torch.where(l1_selected > 0, (l1 - l1_target) / l1_selected, math.inf).masked_fill_(~searching, 0.0)
-        full = gamma > 1
-        partial_move = z + gap * gamma.clamp(0.0, 1.0)[:, None]
-        torch.where(selected, torch.where(full[:, None], z_hi, partial_move), z, out=z)
-        active = searching & full & selected.any(dim=1)
-        if not bool(active.any()):
+        threshold = lower_quantile(ranked, removed, fraction).clamp_(max=_BELOW_LAST)
+        torch.le(magnitude, threshold, out=selected)
+        l1_selected = torch.linalg.vecdot(gaps, selected).cpu().numpy() - moved
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gamma = np.where(l1_selected > 0, (l1 - l1_target) / l1_selected, np.inf)
+        gamma[~searching] = 0.0  # rows that stop searching: their selection does not move
+        share = torch.from_numpy(np.clip(gamma, 0.0, 1.0)).to(selected.device)
+        progress.lerp_(alpha_hi, selected.mul_(share[:, None]))  # weight 1 lands on alpha_hi exactly
+        active = searching & (gamma > 1) & (l1_selected > 0)
+        if not active.any():
             break
+        moved = moved + l1_selected
+        removed = torch.searchsorted(ranked, threshold, right=True)[:, 0]
     if attributions is not None:
-        attributions.add_((z - z_start) * grads)
+        attributions.addcmul_(progress, grads)
     return iteration
 
 
@@ -341,8 +411,8 @@ class GuidedIG(PathAttribution):
         attributions = torch.zeros_like(x_all)
         expected = x_all.new_zeros(call.n_examples)
         if examples.numel() > 0:
-            x, b = x_all[examples], b_all[examples]
-            path = GuidedPath(b.clone(), x, b, x - b, l1_all[examples])
+            point_dtype = functools.reduce(torch.promote_types, [x.dtype for x in call.inputs])
+            path = GuidedPath.start(x_all[examples], b_all[examples], point_dtype)
             attr, expected[examples] = self._run_path(call, options, path, examples)
             attributions[examples] = attr
         return PathOutput(unflatten_inputs(attributions, call.inputs), expected)
@@ -355,21 +425,23 @@ class GuidedIG(PathAttribution):
         previous_grads: Optional[Tensor] = None  # IDGI: the last step's gradients and scores
         previous_scores: Optional[Tensor] = None
         for step in range(options.n_steps):
-            grads, scores = call.gradients(self._model_points(path.z, call.inputs), examples)
-            grads = flatten_inputs(grads).to(torch.float64)
+            grads, scores = call.gradients(self._model_points(path.point(), call.inputs), examples)
+            grads = flatten_inputs(grads)  # in the model's dtype: |G| ranks the same, the step promotes
             scores = scores.to(torch.float64)
             if step == 0:
                 start_scores = scores
             if options.idgi and previous_grads is not None:
-                idgi_accumulate_((attributions,), (previous_grads,), scores - previous_scores)
+                idgi_accumulate_((attributions,), (previous_grads.to(torch.float64),), scores - previous_scores)
             bounds = guided_step_bounds(step, options.n_steps, options.max_dist)
             guided_step_(path, grads, bounds, options.fraction, None if options.idgi else attributions)
             previous_grads, previous_scores = (grads, scores) if options.idgi else (None, None)
+        if not options.idgi:
+            attributions.mul_(path.diff)  # the steps summed alpha moves times G: z moves are D times those
         if not (options.idgi or call.need_delta):
             return attributions, torch.full_like(start_scores, math.nan)
         end_scores = call.scores(self._model_points(path.x, call.inputs), examples).to(torch.float64)
         if options.idgi:
-            idgi_accumulate_((attributions,), (previous_grads,), end_scores - previous_scores)
+            idgi_accumulate_((attributions,), (previous_grads.to(torch.float64),), end_scores - previous_scores)
         return attributions, end_scores - start_scores
 
     @staticmethod
