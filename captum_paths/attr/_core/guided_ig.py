@@ -46,27 +46,29 @@ def guided_step_bounds(step: int, n_steps: int, max_dist: float) -> GuidedStepBo
     return GuidedStepBounds(max(alpha - max_dist, 0.0), min(alpha + max_dist, 1.0), 1 - (step + 1) / n_steps)
 
 
-def sorted_rows(values: Tensor, out: Tensor) -> Tensor:
-    """Each row of a ``(R, n)`` tensor sorted ascending, written to ``out``. On the CPU by numpy's sort on a
-    view of ``out`` (over 10x faster than torch's CPU sort at these sizes), elsewhere by ``torch.sort``."""
-    if values.is_cpu:
-        out.copy_(values).numpy().sort(axis=1)
-        return out
-    return torch.sort(values, dim=1, out=(out, torch.empty_like(out, dtype=torch.long))).values
+def sorted_rows(values: Tensor, out: np.ndarray) -> np.ndarray:
+    """Each row of a ``(R, n)`` tensor sorted ascending, on the host in ``out`` (a float64 numpy array).
+
+    numpy's sort is over 10x faster than torch's CPU sort at these sizes; from another device the rows come
+    over once per step, which is small next to a model pass.
+    """
+    np.copyto(out, values.detach().cpu().numpy())
+    out.sort(axis=1)
+    return out
 
 
-def lower_quantile(ranked: Tensor, removed: Tensor, fraction: float) -> Tensor:
+def lower_quantile(ranked: np.ndarray, removed: np.ndarray, fraction: float) -> np.ndarray:
     """Row-wise ``numpy.quantile(v, fraction, method="lower")`` of rows ``v`` whose ``removed`` smallest values
     count as ``+inf``, from the sorted rows ``ranked`` (``(R, n)``) and the counts ``removed`` (``(R,)``
-    integers): ``(R, 1)``.
+    integers): ``(R,)``.
 
     That quantile is the sorted value at index ``floor((n - 1) * fraction)`` of ``v``, i.e. ``ranked[removed +
     index]``; past the end of the row it is ``+inf`` (returned as the row's largest value, which selects the
     same features by ``<=``).
     """
     n = ranked.shape[1]
-    position = (removed + math.floor((n - 1) * fraction)).clamp_(max=n - 1)
-    return ranked.gather(1, position[:, None])
+    position = np.minimum(removed + math.floor((n - 1) * fraction), n - 1)
+    return np.take_along_axis(ranked, position[:, None], axis=1)[:, 0]
 
 
 def l1_isclose(current: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -96,6 +98,7 @@ class GuidedPath:
     l1_total: np.ndarray
     fixed: Tensor
     work: Tuple[Tensor, ...]
+    ranking: np.ndarray
 
     @classmethod
     def start(cls, x: Tensor, baseline: Tensor, point_dtype: torch.dtype = torch.float64) -> "GuidedPath":
@@ -108,12 +111,13 @@ class GuidedPath:
         progress = (weight == 0).to(x.dtype)
         fixed = progress * _RANKS_LAST  # the magnitude of the features with x = x' in every step
         # one dtype for every (R, n) operand of a step: torch copies mixed-dtype operands on every call
-        work = (*x.new_empty((5,) + tuple(x.shape)).unbind(0), x.new_empty(x.shape, dtype=point_dtype))
-        return cls(progress, x, baseline, diff, weight, weight.sum(dim=1).cpu().numpy(), fixed, work)
+        work = (*x.new_empty((4,) + tuple(x.shape)).unbind(0), x.new_empty(x.shape, dtype=point_dtype))
+        ranking = np.empty(tuple(x.shape), dtype=np.float64)
+        return cls(progress, x, baseline, diff, weight, weight.sum(dim=1).cpu().numpy(), fixed, work, ranking)
 
     def point(self) -> Tensor:
         """The current points ``z = x' + alpha (x - x')`` (the reference's formula, rounded to the dtype)."""
-        return torch.addcmul(self.baseline, self.diff, self.progress, out=self.work[5])
+        return torch.addcmul(self.baseline, self.diff, self.progress, out=self.work[4])
 
 
 def guided_step_(
@@ -150,7 +154,7 @@ def guided_step_(
     ``gamma <= 0`` (the target overshot by rounding; the reference asserts) moves nothing.
     """
     progress, n = path.progress, path.progress.shape[1]
-    selected, gaps, magnitude, ranking, gradient = path.work[:5]
+    selected, gaps, magnitude, gradient = path.work[:4]
     grads = gradient.copy_(grads)  # in float64, like every operand below
     if attributions is not None:  # the step adds (alpha_end - alpha_start) * G: no copy of alpha_start kept
         attributions.addcmul_(progress, grads, value=-1.0)
@@ -170,9 +174,9 @@ def guided_step_(
     # step: with the magnitudes sorted once, that is the sorted value ``removed + index`` (``removed``: the
     # features at or below the last threshold), and features moved fully sit at alpha_hi, where moving them
     # again changes nothing: so a selection may keep them, and its new L1 is the growth of the selected sum
-    ranked = sorted_rows(magnitude, out=ranking)
-    removed = torch.zeros(progress.shape[0], dtype=torch.long, device=progress.device)
-    # the per-row decisions (R numbers each) run in numpy on the host
+    # the ranking and the per-row decisions (R numbers each) run in numpy on the host
+    ranked = sorted_rows(magnitude, out=path.ranking)
+    removed = np.zeros(progress.shape[0], dtype=np.int64)
     l1_start = path.l1_total - torch.linalg.vecdot(path.weight, progress).cpu().numpy()
     l1_target = path.l1_total * bounds.remaining
     moved = np.zeros_like(l1_start)  # the L1 moved so far in the step
@@ -186,8 +190,8 @@ def guided_step_(
         searching = active & ~l1_isclose(l1, l1_target)
         if not searching.any():  # every row reached its target
             break
-        threshold = lower_quantile(ranked, removed, fraction).clamp_(max=_BELOW_LAST)
-        torch.le(magnitude, threshold, out=selected)
+        threshold = np.minimum(lower_quantile(ranked, removed, fraction), _BELOW_LAST)
+        torch.le(magnitude, torch.from_numpy(threshold).to(magnitude.device)[:, None], out=selected)
         l1_selected = torch.linalg.vecdot(gaps, selected).cpu().numpy() - moved
         with np.errstate(divide="ignore", invalid="ignore"):
             gamma = np.where(l1_selected > 0, (l1 - l1_target) / l1_selected, np.inf)
@@ -198,7 +202,7 @@ def guided_step_(
         if not active.any():
             break
         moved = moved + l1_selected
-        removed = torch.searchsorted(ranked, threshold, right=True)[:, 0]
+        removed = (ranked <= threshold[:, None]).sum(axis=1)
     if attributions is not None:
         attributions.addcmul_(progress, grads)
     return iteration
@@ -271,8 +275,9 @@ class GuidedIG(PathAttribution):
     Cost: ``T`` forward+backward passes per example, strictly sequential (each point depends on the last
     gradient), every example advancing one step per pass (``internal_batch_size`` bounds the rows of a pass);
     one more forward pass per example at ``x`` when ``idgi`` or ``return_convergence_delta`` asks for ``f(x)``.
-    Besides the passes, each step runs a few (about ``1 / fraction + 2``) vectorised sub-iterations of O(n)
-    work (one ``kthvalue`` each). Memory: a handful of ``(N, n)`` float64 tensors, independent of ``T``.
+    Besides the passes, each step sorts the gradient magnitudes once (on the host, in numpy) and runs a few
+    (usually two) vectorised sub-iterations of O(n) work. Memory: nine ``(N, n)`` float64 arrays (the path,
+    its working tensors, allocated once, and the sorted magnitudes), independent of ``T``.
     """
 
     _default_baselines = "zeros"
