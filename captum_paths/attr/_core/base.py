@@ -125,6 +125,7 @@ class PathCall:
     bar: Any = field(default=None, repr=False)
     #: whether a pass has checked every example's target against the model's output (later passes skip it)
     target_checked: bool = field(default=False, repr=False)
+    _rows_cache: Optional[Tuple[Tensor, Tuple[Any, Optional[Tuple]]]] = field(default=None, repr=False)
 
     @property
     def n_examples(self) -> int:
@@ -135,12 +136,20 @@ class PathCall:
         return chunk_slices(n_rows, self.internal_batch_size)
 
     def rows_of(self, examples: Tensor) -> Tuple[Any, Optional[Tuple]]:
-        """The target and additional forward arguments of rows showing ``examples`` (indices into ``N``)."""
+        """The target and additional forward arguments of rows showing ``examples`` (indices into ``N``).
+
+        The last answer is kept for the same ``examples`` tensor (methods pass one index tensor to every
+        step's pass; index tensors are never modified in place): one indexing per call, not per pass.
+        """
+        if self._rows_cache is not None and self._rows_cache[0] is examples:
+            return self._rows_cache[1]
         n = self.n_examples
-        return (
+        rows = (
             subset_target(self.target, examples, n),
             subset_additional_forward_args(self.additional_forward_args, examples, n),
         )
+        self._rows_cache = (examples, rows)
+        return rows
 
     def gradients(
         self, points: Tuple[Tensor, ...], examples: Tensor, forward: Optional[Callable] = None
@@ -228,7 +237,7 @@ def check_finite_pass(scores: Tensor, grads: Tuple[Tensor, ...], examples: Tenso
     total = scores.detach().sum()
     for g in grads:
         total = total + g.sum()
-    if bool(torch.isfinite(total)):
+    if math.isfinite(float(total)):
         return
     bad = ~torch.isfinite(scores.detach().reshape(scores.shape[0], -1)).all(dim=1)
     for g in grads:
