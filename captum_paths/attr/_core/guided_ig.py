@@ -429,12 +429,17 @@ class GuidedIG(PathAttribution):
         attributions = torch.zeros_like(path.x)
         previous_grads: Optional[Tensor] = None  # IDGI: the last step's gradients and scores
         previous_scores: Optional[Tensor] = None
+        # the points live in one buffer: its model-shaped views are made once
+        point_views = unflatten_inputs(path.point(), call.inputs)
         for step in range(options.n_steps):
-            grads, scores = call.gradients(self._model_points(path.point(), call.inputs), examples)
-            grads = flatten_inputs(grads)  # in the model's dtype: |G| ranks the same, the step promotes
-            scores = scores.to(torch.float64)
+            path.point()
+            points = tuple(v if v.dtype == x.dtype else v.to(x.dtype) for v, x in zip(point_views, call.inputs))
+            grads, scores = call.gradients(points, examples)
+            grads = flatten_inputs(grads)  # in the model's dtype: the step copies them to float64
             if step == 0:
-                start_scores = scores
+                start_scores = scores.to(torch.float64)
+            if options.idgi:
+                scores = scores.to(torch.float64)
             if options.idgi and previous_grads is not None:
                 idgi_accumulate_((attributions,), (previous_grads.to(torch.float64),), scores - previous_scores)
             bounds = guided_step_bounds(step, options.n_steps, options.max_dist)
