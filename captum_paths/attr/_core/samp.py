@@ -523,9 +523,11 @@ class _PixelGroups:
         """``(R, G)`` -> ``(R, D)``: each group's value on each of its elements."""
         return per_group if self.c == 1 else per_group.repeat(1, self.c)
 
-    def finished(self, remaining: Tensor, ids: Optional[Tensor]) -> Tensor:
-        """``(R, G)`` bool: the groups with no displacement left (every element exactly 0)."""
-        return remaining == 0 if self.c == 1 else remaining.view(remaining.shape[0], self.c, self.g).eq(0).all(1)
+    def finished_float(self, remaining: Tensor, ids: Optional[Tensor]) -> Tensor:
+        """``(R, G)``: 1.0 for the groups with no displacement left (every element exactly 0), else 0.0, in
+        ``remaining``'s dtype (a float mask: torch's CPU kernels writing bools are several times slower)."""
+        per_group = remaining if self.c == 1 else self.sums(remaining.abs(), ids)
+        return torch.eq(per_group, 0, out=torch.empty_like(per_group))
 
     def select(self, index: Tensor, ids: Optional[Tensor]) -> Tensor:
         """The elements of the chosen groups ``index`` ``(R, s)``: element indices ``(R, C * s)``."""
@@ -556,8 +558,9 @@ class _AnyGroups:
     def spread(self, per_group: Tensor, ids: Tensor) -> Tensor:
         return per_group.gather(1, ids)
 
-    def finished(self, remaining: Tensor, ids: Tensor) -> Tensor:
-        return group_sum(remaining.abs(), ids, self.g) == 0
+    def finished_float(self, remaining: Tensor, ids: Tensor) -> Tensor:
+        per_group = group_sum(remaining.abs(), ids, self.g)
+        return torch.eq(per_group, 0, out=torch.empty_like(per_group))
 
     def select(self, index: Tensor, ids: Tensor) -> Tensor:
         """The elements of the chosen groups ``index`` ``(R, s)``: a bool mask ``(R, D)``."""
@@ -712,10 +715,12 @@ class _PathRun:
         """Find the rows with no pending group: the left rule writes them out now; the trapezoid rule returns
         them as ``final`` (they take one more pass, at their end point). Returns the next step at which a
         row can finish, and ``final``."""
-        pending = (~self.layout.finished(s.remaining, s.ids)).sum(1)
-        done = pending == 0
+        # pending groups per row, counted in floats (torch's CPU kernels writing bools are slow); exact
+        pending = self.n_groups - self.layout.finished_float(s.remaining, s.ids).sum(1, dtype=torch.float64)
+        fewest = float(pending.min()) if pending.numel() else 0.0  # the one host sync of the common case
         final = None
-        if s.rows.numel() and bool(done.any()):
+        if s.rows.numel() and fewest == 0:
+            done = pending == 0
             if self.trapezoid:
                 final, pending = done, pending.masked_fill(done, pending.max())
             else:
@@ -723,7 +728,7 @@ class _PathRun:
                     self._take_snapshots(s.rows[done], s.x[done], s.acc[done], s.covered[done])
                 self._write_out(s, done)
                 pending = pending[~done]
-        fewest = int(pending.min()) if pending.numel() else 0
+            fewest = float(pending.min()) if pending.numel() else 0.0
         return step + max(1, math.ceil(fewest / max(self.k, 1))), final
 
     def _smooth(self, s: _Running, grads: Tensor) -> Tensor:
@@ -746,8 +751,9 @@ class _PathRun:
         signed = lay.sums(chooser * s.remaining, s.ids)
         if self.sign != 1.0:
             signed.mul_(s.sign)
-        signed.masked_fill_(lay.finished(s.remaining, s.ids), float("-inf"))
-        index = signed.topk(self.k, dim=1).indices  # finished groups (-inf) only when fewer than s are left
+        # finished groups rank last (their score is 0: minus the largest float is below every other group)
+        signed.sub_(lay.finished_float(s.remaining, s.ids).mul_(torch.finfo(signed.dtype).max))
+        index = signed.topk(self.k, dim=1).indices  # finished groups only when fewer than s are left
         sel = lay.select(index, s.ids)
         r_sel = lay.take(s.remaining, sel)  # 0 on finished groups: choosing one moves nothing
         dx, step_l1 = r_sel, None
