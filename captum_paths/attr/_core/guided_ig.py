@@ -276,8 +276,9 @@ class GuidedIG(PathAttribution):
     gradient), every example advancing one step per pass (``internal_batch_size`` bounds the rows of a pass);
     one more forward pass per example at ``x`` when ``idgi`` or ``return_convergence_delta`` asks for ``f(x)``.
     Besides the passes, each step sorts the gradient magnitudes once (on the host, in numpy) and runs a few
-    (usually two) vectorised sub-iterations of O(n) work. Memory: nine ``(N, n)`` float64 arrays (the path,
-    its working tensors, allocated once, and the sorted magnitudes), independent of ``T``.
+    (usually two) vectorised sub-iterations of O(n) work. Memory: thirteen ``(N, n)`` float64 arrays (the
+    path, the attributions, the step's working tensors, allocated once, and the sorted magnitudes),
+    independent of ``T``.
     """
 
     _default_baselines = "zeros"
