@@ -170,11 +170,11 @@ def guided_step_(
     alpha_hi = torch.full((), bounds.alpha_hi, dtype=progress.dtype, device=progress.device)
     # a feature's L1 way to alpha_hi: fixed for the step (a feature that moves fully leaves the step)
     torch.sub(alpha_hi, progress, out=gaps).mul_(path.weight)
-    # each sub-iteration's selection is every feature with |G| at most the lower quantile of those still in the
-    # step: with the magnitudes sorted once, that is the sorted value ``removed + index`` (``removed``: the
-    # features at or below the last threshold), and features moved fully sit at alpha_hi, where moving them
-    # again changes nothing: so a selection may keep them, and its new L1 is the growth of the selected sum
-    # the ranking and the per-row decisions (R numbers each) run in numpy on the host
+    # A sub-iteration selects every feature with |G| at most the lower quantile of those still in the step.
+    # With the magnitudes sorted once, that is the sorted value at ``removed + index`` (``removed``: the
+    # features at or below the last threshold). Features moved fully sit at alpha_hi, where moving them again
+    # changes nothing: a selection may keep them, and its own L1 is the growth of the selected sum. The
+    # ranking and the per-row decisions (R numbers each) run in numpy on the host.
     ranked = sorted_rows(magnitude, out=path.ranking)
     removed = np.zeros(progress.shape[0], dtype=np.int64)
     l1_start = path.l1_total - torch.linalg.vecdot(path.weight, progress).cpu().numpy()
