@@ -9,6 +9,7 @@ from scipy import ndimage
 from captum_paths.attr import BlurIG
 from captum_paths.attr._core.blur_ig import (
     _point_runs,
+    blur_points,
     blur_rows,
     blur_sigmas,
     gaussian_blur_matrices,
@@ -169,6 +170,23 @@ def test_blur_derivative_is_the_forward_difference_and_near_the_analytic_one():
     torch.testing.assert_close(at, gaussian_blurs(x, [2.0])[0])
     central = (gaussian_blurs(x, [2.0 + 1e-5])[0] - gaussian_blurs(x, [2.0 - 1e-5])[0]) / 2e-5
     torch.testing.assert_close(derivative, central, rtol=1e-3, atol=1e-4)
+
+
+def test_blur_points_equal_blur_rows_block_by_block():
+    g = torch.Generator().manual_seed(12)
+    sigmas = [50.0, 0.0, 0.4, 3.0]
+    counts = [1, 1, 2, 1]
+    row_sigma = [0, 1, 2, 2, 3]
+    for x in (
+        torch.rand(5, 2, 7, 9, generator=g, dtype=torch.float64),  # images
+        torch.rand(5, 6, 8, generator=g, dtype=torch.float64),  # (N, A, B): both blurred
+        torch.rand(5, 11, generator=g, dtype=torch.float64),  # signals
+    ):
+        points, derivatives = blur_points(x, sigmas, counts, 0.01)
+        for r, s in enumerate(row_sigma):
+            at, derivative = blur_rows(x[r : r + 1], sigmas[s], 0.01)
+            torch.testing.assert_close(points[r : r + 1], at, rtol=1e-13, atol=1e-15)
+            torch.testing.assert_close(derivatives[r : r + 1], derivative, rtol=1e-9, atol=1e-11)
 
 
 def test_sigmas():

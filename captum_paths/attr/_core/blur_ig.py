@@ -12,7 +12,15 @@ from captum_paths.attr._utils.captum_compat import TargetType, TensorOrTuple, lo
 from captum_paths.attr._utils.idgi import idgi_segment
 from captum_paths.attr._utils.validation import check_bool, check_positive_float, check_positive_int
 
-__all__ = ["BlurIG", "blur_sigmas", "gaussian_blur_matrices", "blur_last_dims", "gaussian_blurs", "blur_rows"]
+__all__ = [
+    "BlurIG",
+    "blur_sigmas",
+    "gaussian_blur_matrices",
+    "blur_last_dims",
+    "gaussian_blurs",
+    "blur_rows",
+    "blur_points",
+]
 
 #: scipy.ndimage.gaussian_filter's default truncation: the kernel radius is int(4 * sigma + 0.5)
 TRUNCATE = 4.0
@@ -35,22 +43,22 @@ def gaussian_blur_matrices(sigmas: Sequence[float], size: int, dtype=torch.float
     ``mode="constant"`` (zero padding) and ``truncate=4``, i.e. the sampled Gaussian
     ``exp(-k^2 / (2 sigma^2))``, ``|k| <= int(4 sigma + 0.5)``, normalised over the whole kernel (also where
     it overhangs the edge: edges darken). Any radius, even beyond the axis. ``sigma = 0`` (or a radius of 0)
-    is the identity.
+    is the identity. Every sigma at once (a few tensor operations, whatever their number).
     """
-    offsets = torch.arange(size, dtype=torch.float64, device=device)
-    offsets = offsets[None, :] - offsets[:, None]
-    out = torch.empty((len(sigmas), size, size), dtype=torch.float64, device=device)
-    for index, sigma in enumerate(sigmas):
-        radius = int(TRUNCATE * float(sigma) + 0.5)
-        if sigma == 0 or radius == 0:
-            out[index] = torch.eye(size, dtype=torch.float64, device=device)
-            continue
-        scale = -0.5 / (sigma * sigma)
-        taps = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
-        norm = torch.exp(scale * taps**2).sum()
-        weights = torch.exp(scale * offsets**2) / norm
-        out[index] = weights.masked_fill_(offsets.abs() > radius, 0.0)
-    return out.to(dtype)
+    f64 = dict(dtype=torch.float64, device=device)
+    sigma = torch.tensor([float(s) for s in sigmas], **f64)
+    radius = torch.tensor([int(TRUNCATE * float(s) + 0.5) for s in sigmas], **f64)
+    identity = (sigma == 0) | (radius == 0)
+    scale = (-0.5 / (sigma * sigma)).masked_fill_(identity, 0.0)[:, None]
+    reach = int(radius.max()) if len(sigmas) else 0
+    taps = torch.arange(-reach, reach + 1, **f64)[None, :]
+    norm = torch.exp(scale * taps**2).masked_fill_(taps.abs() > radius[:, None], 0.0).sum(dim=1)
+    offsets = torch.arange(size, **f64)
+    offsets = (offsets[None, :] - offsets[:, None])[None]
+    weights = torch.exp(scale[:, :, None] * offsets**2) / norm[:, None, None]
+    weights.masked_fill_(offsets.abs() > radius[:, None, None], 0.0)
+    weights[identity] = torch.eye(size, **f64)
+    return weights.to(dtype)
 
 
 def blur_last_dims(x: Tensor, matrices: Sequence[Tensor]) -> Tensor:
@@ -62,6 +70,28 @@ def blur_last_dims(x: Tensor, matrices: Sequence[Tensor]) -> Tensor:
     if len(matrices) == 1:
         return x @ matrices[0].transpose(-1, -2)
     return (matrices[0] @ x) @ matrices[1].transpose(-1, -2)
+
+
+def blur_points(x: Tensor, sigmas: Sequence[float], counts: Sequence[int], grad_step: float) -> Tuple[Tensor, Tensor]:
+    """:func:`blur_rows` of rows in blocks: the first ``counts[0]`` rows of ``x`` at ``sigmas[0]``, the next
+    ``counts[1]`` at ``sigmas[1]``, and so on: ``(points, derivatives)``, each of ``x``'s shape.
+
+    The blur matrices of every level are built at once, then each block is one product per blurred dimension:
+    a few operations per block instead of building its matrices one by one.
+    """
+    levels = list(sigmas) + [s + grad_step for s in sigmas]
+    sizes = x.shape[x.dim() - _blur_dims(x) :]
+    stacks = {size: gaussian_blur_matrices(levels, size, x.dtype, x.device) for size in set(sizes)}
+    points, derivatives = torch.empty_like(x), torch.empty_like(x)
+    start = 0
+    for i, count in enumerate(counts):
+        rows = slice(start, start + count)
+        at = blur_last_dims(x[rows], [stacks[size][i] for size in sizes])
+        ahead = blur_last_dims(x[rows], [stacks[size][i + len(sigmas)] for size in sizes])
+        points[rows] = at
+        torch.sub(ahead, at, out=derivatives[rows]).div_(grad_step)
+        start += count
+    return points, derivatives
 
 
 def _blur_dims(x: Tensor) -> int:
@@ -341,16 +371,13 @@ class BlurIG(PathAttribution):
     ) -> None:
         """One model pass over a chunk of rows: build its blurred points, take gradients, add the terms."""
         runs = _point_runs(rows, call.n_examples, options.n_steps)
-        n_rows = rows.stop - rows.start
-        points = tuple(x.new_empty((n_rows,) + tuple(x.shape[1:])) for x in inputs64)
-        derivatives = tuple(torch.empty_like(p) for p in points)
-        examples = torch.empty(n_rows, dtype=torch.long)
-        for level, chunk_rows, batch in runs:
-            for p, d, x in zip(points, derivatives, inputs64):
-                p[chunk_rows], d[chunk_rows] = blur_rows(x[batch], sigmas[level], options.grad_step)
-            examples[chunk_rows] = torch.arange(batch.start, batch.stop)
+        device = inputs64[0].device
+        examples = torch.cat([torch.arange(batch.start, batch.stop, device=device) for _, _, batch in runs])
+        levels, counts = [sigmas[level] for level, _, _ in runs], [b.stop - b.start for _, _, b in runs]
+        blurred = [blur_points(x.index_select(0, examples), levels, counts, options.grad_step) for x in inputs64]
+        points, derivatives = tuple(p for p, _ in blurred), tuple(d for _, d in blurred)
         model_points = tuple(self._model_dtype(p, x) for p, x in zip(points, call.inputs))
-        grads, row_scores = call.gradients(model_points, examples.to(points[0].device))
+        grads, row_scores = call.gradients(model_points, examples)
         grads = tuple(g.to(torch.float64) for g in grads)
         if scores is not None:
             for level, chunk_rows, batch in runs:
@@ -362,10 +389,11 @@ class BlurIG(PathAttribution):
                 for total, term in zip(attributions, terms):
                     total[batch] += term[chunk_rows]
             return
-        for level, chunk_rows, batch in runs:
-            width = sigmas[level + 1] - sigmas[level]
-            for total, d, g in zip(attributions, derivatives, grads):
-                total[batch] -= width * (d[chunk_rows] * g[chunk_rows])
+        # each row adds -(sigma_{i+1} - sigma_i) * dBlur/dsigma * g to its example
+        widths = torch.cat([torch.full((b.stop - b.start,), sigmas[lv] - sigmas[lv + 1], dtype=torch.float64,
+                                       device=device) for lv, _, b in runs])  # fmt: skip
+        for total, d, g in zip(attributions, derivatives, grads):
+            total.index_add_(0, examples, (d * g).mul_(widths.reshape((-1,) + (1,) * (d.dim() - 1))))
 
     @staticmethod
     def _model_dtype(point: Tensor, x: Tensor) -> Tensor:
