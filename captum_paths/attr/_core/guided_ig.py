@@ -434,8 +434,7 @@ class GuidedIG(PathAttribution):
         point_views = unflatten_inputs(path.point(), call.inputs)
         for step in range(options.n_steps):
             path.point()
-            points = tuple(v if v.dtype == x.dtype else v.to(x.dtype) for v, x in zip(point_views, call.inputs))
-            grads, scores = call.gradients(points, examples)
+            grads, scores = call.gradients(self._in_input_dtypes(point_views, call.inputs), examples)
             grads = flatten_inputs(grads)  # in the model's dtype: the step copies them to float64
             if step == 0:
                 start_scores = scores.to(torch.float64)
@@ -455,7 +454,12 @@ class GuidedIG(PathAttribution):
             idgi_accumulate_((attributions,), (previous_grads.to(torch.float64),), end_scores - previous_scores)
         return attributions, end_scores - start_scores
 
-    @staticmethod
-    def _model_points(flat: Tensor, inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+    @classmethod
+    def _model_points(cls, flat: Tensor, inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
         """Flat float64 points as the model's tuple of tensors, each in its input's dtype."""
-        return tuple(p.to(x.dtype).contiguous() for p, x in zip(unflatten_inputs(flat, inputs), inputs))
+        return tuple(p.contiguous() for p in cls._in_input_dtypes(unflatten_inputs(flat, inputs), inputs))
+
+    @staticmethod
+    def _in_input_dtypes(points: Tuple[Tensor, ...], inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+        """Each point tensor in its input's dtype (the tensor itself when it already is)."""
+        return tuple(p if p.dtype == x.dtype else p.to(x.dtype) for p, x in zip(points, inputs))

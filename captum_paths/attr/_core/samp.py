@@ -506,6 +506,12 @@ class _PathPlan:
     features_per_step: int
 
 
+def _zero_mask(values: Tensor) -> Tensor:
+    """1.0 where ``values`` is 0, else 0.0, in its dtype (a float mask: torch's CPU kernels writing bools are
+    several times slower)."""
+    return torch.eq(values, 0, out=torch.empty_like(values))
+
+
 class _PixelGroups:
     """Groups laid out as ``ids = arange(D) % G`` in every row: pixels of ``(C, H, W)`` images (all channels
     of a pixel), or single elements (``C = 1``). The chosen groups' elements are gathered and scattered
@@ -524,10 +530,8 @@ class _PixelGroups:
         return per_group if self.c == 1 else per_group.repeat(1, self.c)
 
     def finished_float(self, remaining: Tensor, ids: Optional[Tensor]) -> Tensor:
-        """``(R, G)``: 1.0 for the groups with no displacement left (every element exactly 0), else 0.0, in
-        ``remaining``'s dtype (a float mask: torch's CPU kernels writing bools are several times slower)."""
-        per_group = remaining if self.c == 1 else self.sums(remaining.abs(), ids)
-        return torch.eq(per_group, 0, out=torch.empty_like(per_group))
+        """``(R, G)``: 1.0 for the groups with no displacement left (every element exactly 0), else 0.0."""
+        return _zero_mask(remaining if self.c == 1 else self.sums(remaining.abs(), ids))
 
     def select(self, index: Tensor, ids: Optional[Tensor]) -> Tensor:
         """The elements of the chosen groups ``index`` ``(R, s)``: element indices ``(R, C * s)``."""
@@ -559,8 +563,7 @@ class _AnyGroups:
         return per_group.gather(1, ids)
 
     def finished_float(self, remaining: Tensor, ids: Tensor) -> Tensor:
-        per_group = group_sum(remaining.abs(), ids, self.g)
-        return torch.eq(per_group, 0, out=torch.empty_like(per_group))
+        return _zero_mask(group_sum(remaining.abs(), ids, self.g))
 
     def select(self, index: Tensor, ids: Tensor) -> Tensor:
         """The elements of the chosen groups ``index`` ``(R, s)``: a bool mask ``(R, D)``."""
