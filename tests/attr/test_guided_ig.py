@@ -5,6 +5,7 @@ removed: the oracle below runs its ``guided_ig_impl`` with that keyword mapped t
 """
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from captum.attr import IntegratedGradients
 
 from captum_paths.attr import GuidedIG
 from captum_paths.attr._core.guided_ig import (
+    _BELOW_LAST,
     GuidedPath,
     guided_step_,
     guided_step_bounds,
@@ -255,6 +257,27 @@ def test_lower_quantile_is_numpy_lower_after_removing_the_smallest():
             # +inf comes back as the row's largest value: the same features lie at or below it
             expected = np.where(np.isinf(expected), ranked[:, -1], expected)
             np.testing.assert_array_equal(lower_quantile(ranked, counts, q), expected)
+
+
+def test_float32_ranking_orders_float32_magnitudes_as_float64_does():
+    """Gradients of a float32 model rank in float32: the same order, the same thresholds (as float64), and
+    the magnitudes of the features out of the step (the largest float64) rank last as +inf."""
+    g = torch.Generator().manual_seed(8)
+    values = torch.randn(3, 50, generator=g).abs().double()  # float32 numbers held in float64
+    values[0, :7] = sys.float_info.max
+    values[1, 10:20] = values[1, 3]  # ties
+    values[2] = sys.float_info.max
+    ranked64 = sorted_rows(values, out=np.empty((3, 50)))
+    ranked32 = sorted_rows(values, out=np.empty((3, 50), dtype=np.float32))
+    finite = ranked64 < sys.float_info.max
+    np.testing.assert_array_equal(ranked32[finite], ranked64[finite])
+    assert np.isposinf(ranked32[~finite]).all()
+    for removed in ([0, 0, 0], [5, 12, 0], [43, 49, 50]):
+        for q in (0.0, 0.25, 0.5, 1.0):
+            t64 = np.minimum(lower_quantile(ranked64, np.array(removed), q), _BELOW_LAST)
+            t32 = np.minimum(lower_quantile(ranked32, np.array(removed), q), _BELOW_LAST)
+            assert t32.dtype == np.float64
+            np.testing.assert_array_equal(t32, t64)
 
 
 def test_l1_isclose_is_math_isclose():

@@ -47,12 +47,15 @@ def guided_step_bounds(step: int, n_steps: int, max_dist: float) -> GuidedStepBo
 
 
 def sorted_rows(values: Tensor, out: np.ndarray) -> np.ndarray:
-    """Each row of a ``(R, n)`` tensor sorted ascending, on the host in ``out`` (a float64 numpy array).
+    """Each row of a ``(R, n)`` tensor sorted ascending, on the host in ``out`` (a float64 or float32 numpy array).
 
-    numpy's sort is over 10x faster than torch's CPU sort at these sizes; from another device the rows come
-    over once per step, which is small next to a model pass.
+    numpy's sort is over 10x faster than torch's CPU sort at these sizes, and in float32 over 2x faster than in
+    float64 (its SIMD sort): a float32 ``out`` serves whenever every value is a float32 number or above the
+    float32 range (those become ``+inf``, which keeps their order among the rest). From another device the rows
+    come over once per step, which is small next to a model pass.
     """
-    np.copyto(out, values.detach().cpu().numpy())
+    with np.errstate(over="ignore"):  # the features out of the step rank last as +inf in float32
+        np.copyto(out, values.detach().cpu().numpy(), casting="same_kind")
     out.sort(axis=1)
     return out
 
@@ -64,11 +67,11 @@ def lower_quantile(ranked: np.ndarray, removed: np.ndarray, fraction: float) -> 
 
     That quantile is the sorted value at index ``floor((n - 1) * fraction)`` of ``v``, i.e. ``ranked[removed +
     index]``; past the end of the row it is ``+inf`` (returned as the row's largest value, which selects the
-    same features by ``<=``).
+    same features by ``<=``). The thresholds come back in float64 whatever ``ranked``'s dtype.
     """
     n = ranked.shape[1]
     position = np.minimum(removed + math.floor((n - 1) * fraction), n - 1)
-    return np.take_along_axis(ranked, position[:, None], axis=1)[:, 0]
+    return ranked[np.arange(ranked.shape[0]), position].astype(np.float64)
 
 
 def l1_isclose(current: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -87,7 +90,8 @@ class GuidedPath:
     numpy array: the per-row decisions of a step run on the host) is its row sum; ``fixed`` is the largest
     float where ``x = x'`` and 0 elsewhere (those features never move). ``work`` holds the step's
     ``(R, n)`` working tensors, allocated once: a step then allocates nothing of that size, which matters
-    on the CPU, where fresh large buffers after a model pass cost system calls and page faults.
+    on the CPU, where fresh large buffers after a model pass cost system calls and page faults. ``ranking``
+    is the host buffer of the step's sorted magnitudes (float32 when the gradients are at most 32-bit floats).
     """
 
     progress: Tensor
@@ -112,7 +116,8 @@ class GuidedPath:
         fixed = progress * _RANKS_LAST  # the magnitude of the features with x = x' in every step
         # one dtype for every (R, n) operand of a step: torch copies mixed-dtype operands on every call
         work = (*x.new_empty((4,) + tuple(x.shape)).unbind(0), x.new_empty(x.shape, dtype=point_dtype))
-        ranking = np.empty(tuple(x.shape), dtype=np.float64)
+        # gradients come in the points' dtype: up to 32 bits their magnitudes rank exactly (and faster) in float32
+        ranking = np.empty(tuple(x.shape), dtype=np.float32 if point_dtype.itemsize <= 4 else np.float64)
         return cls(progress, x, baseline, diff, weight, weight.sum(dim=1).cpu().numpy(), fixed, work, ranking)
 
     def point(self) -> Tensor:
