@@ -7,7 +7,9 @@ import torch.nn as nn
 from scipy import ndimage
 
 from captum_paths.attr import BlurIG
+from captum_paths.attr._core import blur_ig
 from captum_paths.attr._core.blur_ig import (
+    BlurLevels,
     _point_runs,
     blur_points,
     blur_rows,
@@ -187,6 +189,39 @@ def test_blur_points_equal_blur_rows_block_by_block():
             at, derivative = blur_rows(x[r : r + 1], sigmas[s], 0.01)
             torch.testing.assert_close(points[r : r + 1], at, rtol=1e-13, atol=1e-15)
             torch.testing.assert_close(derivatives[r : r + 1], derivative, rtol=1e-9, atol=1e-11)
+
+
+def test_level_matrices_built_in_groups_give_the_same_blurs(monkeypatch):
+    """Groups of one, three or all levels (the budget), visited blurriest first: the same points and derivatives
+    as :func:`blur_points` on the whole path, and each group is built once."""
+    x = torch.rand(6, 2, 7, 9, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    sigmas = blur_sigmas(50.0, 8)
+    visits = [[7, 6], [5], [4, 3, 2], [1, 0]]  # chunks of a path: blocks of 3, 3 and 2 rows
+    counts = [[3, 3], [6], [2, 2, 2], [3, 3]]
+    per_level = 2 * (7 * 7 + 9 * 9) * 8
+    built = []
+    build = blur_ig.gaussian_blur_matrices
+    monkeypatch.setattr(
+        blur_ig, "gaussian_blur_matrices", lambda levels, *a: built.append(len(levels)) or build(levels, *a)
+    )
+    for budget, groups in ((1, [2, 1, 3, 2]), (3 * per_level, [3, 3, 2]), (100 * per_level, [8])):
+        levels = BlurLevels(sigmas, 0.01, x, budget=budget)
+        built.clear()
+        for chunk_levels, chunk_counts in zip(visits, counts):
+            points, derivatives = levels.blur_blocks(x, chunk_levels, chunk_counts)
+            expected = blur_points(x, [sigmas[lv] for lv in chunk_levels], chunk_counts, 0.01)
+            built.pop(), built.pop()  # blur_points' own matrices (one build per size)
+            torch.testing.assert_close(points, expected[0], rtol=1e-13, atol=1e-15)
+            torch.testing.assert_close(derivatives, expected[1], rtol=1e-9, atol=1e-11)
+        assert built == [2 * g for g in groups for _ in (7, 9)]  # levels and levels + h, once per size
+
+
+def test_blur_ig_does_not_depend_on_the_matrix_budget(monkeypatch):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2 * 7 * 9, 3), nn.Tanh(), nn.Linear(3, 2)).double()
+    x = torch.rand(3, 2, 7, 9, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
+    whole = BlurIG(model).attribute(x, target=1, n_steps=12, internal_batch_size=5)
+    monkeypatch.setattr(blur_ig, "LEVEL_MATRIX_BUDGET", 1)
+    torch.testing.assert_close(BlurIG(model).attribute(x, target=1, n_steps=12, internal_batch_size=5), whole)
 
 
 def test_sigmas():

@@ -2,7 +2,7 @@
 
 import math
 from dataclasses import dataclass
-from typing import Any, List, Literal, Optional, Sequence, Tuple, Union, overload
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union, overload
 
 import torch
 from torch import Tensor
@@ -20,6 +20,7 @@ __all__ = [
     "gaussian_blurs",
     "blur_rows",
     "blur_points",
+    "BlurLevels",
 ]
 
 #: scipy.ndimage.gaussian_filter's default truncation: the kernel radius is int(4 * sigma + 0.5)
@@ -61,15 +62,16 @@ def gaussian_blur_matrices(sigmas: Sequence[float], size: int, dtype=torch.float
     return weights.to(dtype)
 
 
-def blur_last_dims(x: Tensor, matrices: Sequence[Tensor]) -> Tensor:
-    """Blur ``x`` along its last ``len(matrices)`` dimensions (1 or 2), one ``(size, size)`` matrix each.
+def blur_last_dims(x: Tensor, matrices: Sequence[Tensor], out: Optional[Tensor] = None) -> Tensor:
+    """Blur ``x`` along its last ``len(matrices)`` dimensions (1 or 2), one ``(size, size)`` matrix each (into
+    ``out`` when given).
 
     ``(.., H, W)`` with ``(M_H, M_W)``: ``M_H @ x @ M_W^T`` (each channel separately, as the reference's
     sigma ``(s, s, 0)`` on HWC images); ``(.., L)`` with ``(M_L,)``: ``x @ M_L^T``.
     """
     if len(matrices) == 1:
-        return x @ matrices[0].transpose(-1, -2)
-    return (matrices[0] @ x) @ matrices[1].transpose(-1, -2)
+        return torch.matmul(x, matrices[0].transpose(-1, -2), out=out)
+    return torch.matmul(matrices[0] @ x, matrices[1].transpose(-1, -2), out=out)
 
 
 def blur_points(x: Tensor, sigmas: Sequence[float], counts: Sequence[int], grad_step: float) -> Tuple[Tensor, Tensor]:
@@ -79,19 +81,56 @@ def blur_points(x: Tensor, sigmas: Sequence[float], counts: Sequence[int], grad_
     The blur matrices of every level are built at once, then each block is one product per blurred dimension:
     a few operations per block instead of building its matrices one by one.
     """
-    levels = list(sigmas) + [s + grad_step for s in sigmas]
-    sizes = x.shape[x.dim() - _blur_dims(x) :]
-    stacks = {size: gaussian_blur_matrices(levels, size, x.dtype, x.device) for size in set(sizes)}
-    points, derivatives = torch.empty_like(x), torch.empty_like(x)
-    start = 0
-    for i, count in enumerate(counts):
-        rows = slice(start, start + count)
-        at = blur_last_dims(x[rows], [stacks[size][i] for size in sizes])
-        ahead = blur_last_dims(x[rows], [stacks[size][i + len(sigmas)] for size in sizes])
-        points[rows] = at
-        torch.sub(ahead, at, out=derivatives[rows]).div_(grad_step)
-        start += count
-    return points, derivatives
+    levels = BlurLevels(sigmas, grad_step, x)
+    return levels.blur_blocks(x, range(len(sigmas)), counts)
+
+
+#: bytes of blur matrices :class:`BlurLevels` keeps at once (all of a 28x28 path's 200; 5 levels at 224x224)
+LEVEL_MATRIX_BUDGET = 4 * 2**20
+
+
+class BlurLevels:
+    """The blur matrices of a path's levels ``sigma_i`` and ``sigma_i + grad_step``, for the blurred dimensions
+    of inputs like ``like``, built in groups of consecutive levels (as many as fit in ``budget`` bytes).
+
+    A path visits its levels in order, so each group is built once, with a few tensor operations whatever its
+    number of levels, instead of a few per chunk.
+    """
+
+    def __init__(self, sigmas: Sequence[float], grad_step: float, like: Tensor, budget: Optional[int] = None):
+        budget = LEVEL_MATRIX_BUDGET if budget is None else budget
+        self.sigmas, self.grad_step = list(sigmas), grad_step
+        self.dtype, self.device = like.dtype, like.device
+        self.sizes = tuple(like.shape[like.dim() - _blur_dims(like) :])
+        per_level = 2 * sum(size * size for size in set(self.sizes)) * like.element_size()
+        self.group = max(1, budget // per_level)
+        self.first, self.stop = 0, 0  # the levels held: [first, stop)
+        self.stacks: Dict[int, Tensor] = {}
+
+    def matrices(self, levels: Sequence[int]) -> Dict[int, Tuple[Tensor, Tensor]]:
+        """Per blurred size, the ``(at, ahead)`` matrices of ``levels``: ``(len(levels), size, size)`` each."""
+        low, high = min(levels), max(levels)
+        if low < self.first or high >= self.stop:  # a new group: down from the highest level (blurriest first)
+            self.first, self.stop = min(low, max(0, high + 1 - self.group)), high + 1
+            held = self.sigmas[self.first : self.stop]
+            both = held + [s + self.grad_step for s in held]
+            self.stacks = {n: gaussian_blur_matrices(both, n, self.dtype, self.device) for n in set(self.sizes)}
+        at = torch.tensor([level - self.first for level in levels], device=self.device)
+        ahead = at + (self.stop - self.first)
+        return {n: (stack[at], stack[ahead]) for n, stack in self.stacks.items()}
+
+    def blur_blocks(self, x: Tensor, levels: Sequence[int], counts: Sequence[int]) -> Tuple[Tensor, Tensor]:
+        """Rows of ``x`` in blocks of ``counts`` at ``levels``: ``(points, derivatives)`` (see :func:`blur_points`)."""
+        stacks = self.matrices(levels)
+        points, derivatives = torch.empty_like(x), torch.empty_like(x)
+        start = 0
+        for i, count in enumerate(counts):
+            rows = slice(start, start + count)
+            blur_last_dims(x[rows], [stacks[n][0][i] for n in self.sizes], out=points[rows])
+            ahead = blur_last_dims(x[rows], [stacks[n][1][i] for n in self.sizes])
+            torch.sub(ahead, points[rows], out=derivatives[rows]).div_(self.grad_step)
+            start += count
+        return points, derivatives
 
 
 def _blur_dims(x: Tensor) -> int:
@@ -353,8 +392,9 @@ class BlurIG(PathAttribution):
                 scores[rows, n_steps] = call.scores(
                     blurred, torch.arange(rows.start, rows.stop, device=inputs64[0].device)
                 ).to(torch.float64)
+        levels = [BlurLevels(sigmas, options.grad_step, x) for x in inputs64]
         for rows in call.row_chunks(n * n_steps):
-            self._chunk(call, options, rows, inputs64, sigmas, attributions, scores)
+            self._chunk(call, options, rows, (inputs64, levels), sigmas, attributions, scores)
         expected = None if scores is None else scores[:, 0] - scores[:, n_steps]
         return PathOutput(attributions, expected)
 
@@ -363,36 +403,38 @@ class BlurIG(PathAttribution):
         call: PathCall,
         options: BlurIGOptions,
         rows: slice,
-        inputs64: Tuple[Tensor, ...],
+        inputs: Tuple[Tuple[Tensor, ...], List["BlurLevels"]],
         sigmas: List[float],
         attributions: Tuple[Tensor, ...],
         scores: Optional[Tensor],
     ) -> None:
         """One model pass over a chunk of rows: build its blurred points, take gradients, add the terms."""
         runs = _point_runs(rows, call.n_examples, options.n_steps)
+        inputs64, blur_levels = inputs
         device = inputs64[0].device
         examples = torch.cat([torch.arange(batch.start, batch.stop, device=device) for _, _, batch in runs])
-        levels, counts = [sigmas[level] for level, _, _ in runs], [b.stop - b.start for _, _, b in runs]
-        blurred = [blur_points(x.index_select(0, examples), levels, counts, options.grad_step) for x in inputs64]
+        levels, counts = [level for level, _, _ in runs], [b.stop - b.start for _, _, b in runs]
+        blurred = [at.blur_blocks(x.index_select(0, examples), levels, counts) for x, at in zip(inputs64, blur_levels)]
         points, derivatives = tuple(p for p, _ in blurred), tuple(d for _, d in blurred)
         model_points = tuple(self._model_dtype(p, x) for p, x in zip(points, call.inputs))
         grads, row_scores = call.gradients(model_points, examples)
-        grads = tuple(g.to(torch.float64) for g in grads)
         if scores is not None:
             for level, chunk_rows, batch in runs:
                 scores[batch, level] = row_scores[chunk_rows].to(torch.float64)
         if options.idgi:
             change = torch.cat([scores[batch, level] - scores[batch, level + 1] for level, _, batch in runs])
-            terms = idgi_segment(grads, change)
+            terms = idgi_segment(tuple(g.to(torch.float64) for g in grads), change)
             for _, chunk_rows, batch in runs:
                 for total, term in zip(attributions, terms):
                     total[batch] += term[chunk_rows]
             return
-        # each row adds -(sigma_{i+1} - sigma_i) * dBlur/dsigma * g to its example
+        # each row adds -(sigma_{i+1} - sigma_i) * dBlur/dsigma * g to its example (the width scales g as it
+        # becomes float64, the derivatives take the product in place: one pass over the chunk each)
         widths = torch.cat([torch.full((b.stop - b.start,), sigmas[lv] - sigmas[lv + 1], dtype=torch.float64,
                                        device=device) for lv, _, b in runs])  # fmt: skip
         for total, d, g in zip(attributions, derivatives, grads):
-            total.index_add_(0, examples, (d * g).mul_(widths.reshape((-1,) + (1,) * (d.dim() - 1))))
+            scaled = torch.mul(g, widths.reshape((-1,) + (1,) * (d.dim() - 1)), out=torch.empty_like(d))
+            total.index_add_(0, examples, d.mul_(scaled))
 
     @staticmethod
     def _model_dtype(point: Tensor, x: Tensor) -> Tensor:
