@@ -12,6 +12,10 @@ weights) with ``--n-images`` 28x28 inputs and 200 forward+backward passes per ru
 2. **Touched memory:** 1, 2 or 4 MB of float64 tensors multiplied in place after each pass: the time of the
    passes plus that work against the sum of the two measured apart. The difference is the interference:
    the work runs slower after a pass, and the pass after it.
+3. **Selection kernels after a layer:** the median time of SAMP's ``topk`` (10 of 256 groups, 64 rows) and of
+   Guided IG's host sort (784 float32 magnitudes, 32 rows) right after a forward+backward pass, after a
+   ``MaxPool2d`` alone (the model's first pooling, ``(2N, 8, 16, 16)``), after a ``ReLU`` on the same tensor,
+   and in a tight loop. Branchy kernels like these slow down most, and one layer type accounts for much of it.
 
 Runs are interleaved; the minima over ``--repeats`` are printed with the load average (the machine may be
 shared). Nothing here is a test: it explains where the overhead of ``bench_guided_blur_ig.py`` and
@@ -20,8 +24,10 @@ shared). Nothing here is a test: it explains where the overhead of ``bench_guide
 
 import argparse
 import os
+import statistics
 import time
 
+import numpy as np
 import torch
 from captum._utils.gradient import compute_gradients
 
@@ -51,6 +57,41 @@ def operations(n_ops, tensors):
             tensors[i % len(tensors)].mul_(1.0)
 
     return work
+
+
+def selection_after(model, x, target, repeats=200):
+    """Median microseconds of a selection kernel right after ``before()`` (see the module docstring, 3)."""
+    scores = torch.randn(2 * x.shape[0], 256)
+    magnitudes = np.abs(np.random.default_rng(0).standard_normal((x.shape[0], 784))).astype(np.float32)
+    ranking = np.empty_like(magnitudes)
+    pooled = torch.rand(2 * x.shape[0], 8, 16, 16)
+
+    def model_pass():
+        compute_gradients(
+            lambda p: model(p).gather(1, target[:, None]).sum().reshape(1), (x.detach().requires_grad_(),)
+        )
+
+    def host_sort():
+        np.copyto(ranking, magnitudes)
+        ranking.sort(axis=1)
+
+    kernels = {"topk 10 of 256": lambda: scores.topk(10, dim=1), "numpy sort of 784": host_sort}
+    befores = {
+        "a forward+backward pass": model_pass,
+        "a MaxPool2d": lambda: torch.nn.functional.max_pool2d(pooled, 2),
+        "a ReLU": lambda: torch.relu(pooled),
+        "nothing (tight loop)": lambda: None,
+    }
+    for kernel_name, kernel in kernels.items():
+        for before_name, before in befores.items():
+            times = []
+            for _ in range(repeats):
+                with torch.no_grad() if before_name != "a forward+backward pass" else torch.enable_grad():
+                    before()
+                started = time.perf_counter()
+                kernel()
+                times.append(time.perf_counter() - started)
+            print(f"  {kernel_name} after {before_name}: {statistics.median(times) * 1e6:.0f} us (median)")
 
 
 def main():
@@ -94,6 +135,7 @@ def main():
             f"  {mb} MB touched per pass: {(together - alone) * 1e6:.0f} us added to a pass; alone it takes "
             f"{best[f'{mb} MB touched, no passes'] * 1e6:.0f} us; interference {(together - apart) * 1e6:.0f} us"
         )
+    selection_after(model, x, target)
 
 
 if __name__ == "__main__":
