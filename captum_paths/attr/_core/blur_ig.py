@@ -85,7 +85,7 @@ def blur_points(x: Tensor, sigmas: Sequence[float], counts: Sequence[int], grad_
     return levels.blur_blocks(x, range(len(sigmas)), counts)
 
 
-#: bytes of blur matrices :class:`BlurLevels` keeps at once (all of a 28x28 path's 200; 5 levels at 224x224)
+#: bytes of blur matrices a :class:`BlurLevels` holds at once (a 28x28 path's 100 levels; 5 levels at 224x224)
 LEVEL_MATRIX_BUDGET = 4 * 2**20
 
 
@@ -246,7 +246,8 @@ class BlurIG(PathAttribution):
     model in chunks of ``internal_batch_size``), plus one forward pass per example at ``sigma_T`` when
     ``idgi`` or ``return_convergence_delta`` asks for ``f(Blur(x, sigma_T))``. Besides: ``2 T`` separable
     blurs per example, each two small matrix products (``H x H`` and ``W x W``). Memory: a chunk's points,
-    their derivatives and gradients; the attributions are a running sum.
+    their derivatives and gradients, and the blur matrices of a group of levels (at most
+    ``LEVEL_MATRIX_BUDGET``, 4 MB); the attributions are a running sum.
     """
 
     _no_baselines = (
@@ -403,18 +404,20 @@ class BlurIG(PathAttribution):
         call: PathCall,
         options: BlurIGOptions,
         rows: slice,
-        inputs: Tuple[Tuple[Tensor, ...], List["BlurLevels"]],
+        sources: Tuple[Tuple[Tensor, ...], List[BlurLevels]],
         sigmas: List[float],
         attributions: Tuple[Tensor, ...],
         scores: Optional[Tensor],
     ) -> None:
-        """One model pass over a chunk of rows: build its blurred points, take gradients, add the terms."""
+        """One model pass over a chunk of rows: build its blurred points, take gradients, add the terms.
+
+        ``sources``: the inputs in float64 and, for each, the :class:`BlurLevels` of the call's path."""
         runs = _point_runs(rows, call.n_examples, options.n_steps)
-        inputs64, blur_levels = inputs
+        inputs64, blur_levels = sources
         device = inputs64[0].device
         examples = torch.cat([torch.arange(batch.start, batch.stop, device=device) for _, _, batch in runs])
         levels, counts = [level for level, _, _ in runs], [b.stop - b.start for _, _, b in runs]
-        blurred = [at.blur_blocks(x.index_select(0, examples), levels, counts) for x, at in zip(inputs64, blur_levels)]
+        blurred = [bl.blur_blocks(x.index_select(0, examples), levels, counts) for x, bl in zip(inputs64, blur_levels)]
         points, derivatives = tuple(p for p, _ in blurred), tuple(d for _, d in blurred)
         model_points = tuple(self._model_dtype(p, x) for p, x in zip(points, call.inputs))
         grads, row_scores = call.gradients(model_points, examples)
