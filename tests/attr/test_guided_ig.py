@@ -280,6 +280,16 @@ def test_float32_ranking_orders_float32_magnitudes_as_float64_does():
             np.testing.assert_array_equal(t32, t64)
 
 
+def test_gradients_wider_than_the_points_rank_in_float64():
+    x = torch.rand(2, 6, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    path = GuidedPath.start(x, torch.zeros_like(x), torch.float32)
+    assert path.ranking.dtype == np.float32
+    guided_step_(path, torch.rand(2, 6).float(), guided_step_bounds(0, 10, 0.02), 0.25)
+    assert path.ranking.dtype == np.float32  # float32 gradients: float32 ranking
+    guided_step_(path, torch.rand(2, 6, dtype=torch.float64), guided_step_bounds(1, 10, 0.02), 0.25)
+    assert path.ranking.dtype == np.float64
+
+
 def test_l1_isclose_is_math_isclose():
     pairs = [(1.0, 1.0 + 5e-10), (1.0, 1.0 + 2e-9), (0.0, 5e-10), (0.0, 2e-9), (1e6, 1e6 + 1e-3), (1e6, 1e6 + 1e-2)]
     a = np.array([p[0] for p in pairs])

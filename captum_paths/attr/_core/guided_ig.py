@@ -160,6 +160,8 @@ def guided_step_(
     """
     progress, n = path.progress, path.progress.shape[1]
     selected, gaps, magnitude, gradient = path.work[:4]
+    if grads.dtype.itemsize > path.ranking.itemsize:  # wider than the points (a custom gradient_func): rank exactly
+        path.ranking = np.empty(path.ranking.shape, dtype=np.float64)
     grads = gradient.copy_(grads)  # in float64, like every operand below
     if attributions is not None:  # the step adds (alpha_end - alpha_start) * G: no copy of alpha_start kept
         attributions.addcmul_(progress, grads, value=-1.0)
