@@ -42,6 +42,7 @@ from captum._utils.gradient import compute_gradients
 from captum_paths.attr import BlurIG, GuidedIG
 from captum_paths.attr._core.blur_ig import blur_sigmas, gaussian_blurs
 from captum_paths.benchmark.data import load_digits_images
+from captum_paths.benchmark.methods import pair_call_model as shared_pair_call_model
 from captum_paths.benchmark.models import SampPaperCNN, SmallDigitsCNN, accuracy, train_classifier
 
 GUIDED = dict(n_steps=200, fraction=0.25, max_dist=0.02)
@@ -75,17 +76,8 @@ def floor_passes(model, batches):
 
 
 def pair_call_model(model, target):
-    """PAIR's call_model_function for our torch model: HWC float64 batches in, input gradients out."""
-    from saliency.core.base import INPUT_OUTPUT_GRADIENTS
-
-    def call_model(batch, call_model_args=None, expected_keys=None):
-        dtype = next(model.parameters()).dtype
-        points = torch.from_numpy(np.ascontiguousarray(batch)).to(dtype).permute(0, 3, 1, 2).requires_grad_()
-        score = model(points)[:, target].sum()
-        grads = torch.autograd.grad(score, points)[0]
-        return {INPUT_OUTPUT_GRADIENTS: grads.permute(0, 2, 3, 1).numpy()}
-
-    return call_model
+    """PAIR's call_model_function for our torch model (the benchmark's), in the model's own dtype."""
+    return shared_pair_call_model(model, target, next(model.parameters()).dtype)
 
 
 def pair_guided_ig(model, image, target):

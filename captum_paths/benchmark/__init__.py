@@ -11,6 +11,6 @@ records), ``distributed`` (torch.distributed set-up), ``sources`` (tensors, data
 
 from captum_paths.benchmark.comparison import Comparison, compare
 from captum_paths.benchmark.engine import METRICS
-from captum_paths.benchmark.methods import METHOD_NAMES
+from captum_paths.benchmark.methods import METHOD_NAMES, OPTIONAL_METHOD_NAMES
 
-__all__ = ["compare", "Comparison", "METHOD_NAMES", "METRICS"]
+__all__ = ["compare", "Comparison", "METHOD_NAMES", "OPTIONAL_METHOD_NAMES", "METRICS"]

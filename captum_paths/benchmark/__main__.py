@@ -27,7 +27,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from captum_paths.benchmark.methods import METHOD_NAMES
+from captum_paths.benchmark.methods import METHOD_NAMES, OPTIONAL_METHOD_NAMES
 from captum_paths.benchmark.runner import (
     ALL_METRICS,
     DATASETS,
@@ -59,7 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Compare every attribution method on real data under the seed papers' protocols.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=details + "\n\nMethods: " + ", ".join(METHOD_NAMES) + ". Datasets: " + ", ".join(DATASETS) + ".",
+        epilog=details
+        + "\n\nMethods: "
+        + ", ".join(METHOD_NAMES)
+        + "; only when named: "
+        + ", ".join(OPTIONAL_METHOD_NAMES)
+        + ". Datasets: "
+        + ", ".join(DATASETS)
+        + ".",
     )
     _what_flags(p)
     _data_flags(p)
@@ -78,7 +85,7 @@ def _what_flags(p: argparse.ArgumentParser) -> None:
         "--methods",
         type=_methods,
         default=None,
-        help="comma-separated subset of the methods (default: every available one)",
+        help="comma-separated methods (default: every available one of the default list; xrai only when named)",
     )
     p.add_argument("--n-images", type=int, default=None, help="test images evaluated (default 100; 6 with --quick)")
     p.add_argument(

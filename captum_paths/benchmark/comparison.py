@@ -22,7 +22,13 @@ import torch.nn as nn
 from captum_paths.benchmark import engine
 from captum_paths.benchmark.distributed import env_world_size, setup
 from captum_paths.benchmark.engine import ALL_METRICS, METRICS, EvalSet, RunOptions, Workload, protocols_for
-from captum_paths.benchmark.methods import METHOD_NAMES, MethodContext, method_specs, unavailable_reason
+from captum_paths.benchmark.methods import (
+    ALL_METHOD_NAMES,
+    METHOD_NAMES,
+    MethodContext,
+    method_specs,
+    unavailable_reason,
+)
 from captum_paths.benchmark.progress import SettingsMismatch
 from captum_paths.benchmark.sources import SubsetSource, as_source
 
@@ -52,9 +58,9 @@ class Comparison:
         return self.table
 
 
-def _check_names(given, allowed: Sequence[str], argument: str):
+def _check_names(given, allowed: Sequence[str], argument: str, default: Optional[Sequence[str]] = None):
     if given is None:
-        return list(allowed)
+        return list(allowed if default is None else default)
     if isinstance(given, str):
         given = [given]
     given = list(given)
@@ -166,7 +172,8 @@ def compare(
         data: the evaluated images: a tensor ``(N, C, H, W)``, a pair ``(images, labels)``, a map-style
             dataset of ``image`` or ``(image, label)`` items, or a DataLoader (its dataset is used in
             index order). With labels, the model's accuracy on the images is reported.
-        methods (sequence of str, optional): names from ``METHOD_NAMES`` (default: every available one).
+        methods (sequence of str, optional): names from ``ALL_METHOD_NAMES`` (default: ``METHOD_NAMES``; the
+            optional ones, ``OPTIONAL_METHOD_NAMES``, run only when named).
         metrics (sequence of str, optional): names from ``ALL_METRICS`` (default: ``METRICS``, i.e. all but
             the costly ``EXPENSIVE_METRICS``, ``mu_fidelity``; ``pointing_game`` only with ``regions``).
         out (str, optional): folder for ``results.md``, ``results.json``, the figures and ``progress/``
@@ -243,7 +250,7 @@ def _inputs(model: nn.Module, data, req: _Request) -> _Inputs:
     if req.n_images is not None and req.n_images < len(source):
         order = torch.randperm(len(source), generator=torch.Generator().manual_seed(req.seed))
         source = SubsetSource(source, order[: req.n_images].sort().values.tolist())
-    methods = _check_names(req.methods, METHOD_NAMES, "methods")
+    methods = _check_names(req.methods, ALL_METHOD_NAMES, "methods", default=METHOD_NAMES)
     regions = req.regions
     specs = method_specs(28)
     missing = [f"{m} ({unavailable_reason(specs[m])})" for m in methods if unavailable_reason(specs[m])]

@@ -3,9 +3,14 @@
 Each method is a :class:`MethodSpec`: a name for ``--methods``, a label for the table, the knobs it
 runs with (written to ``results.json``) and a ``build(model, context)`` that returns
 ``explain(inputs, target) -> attributions`` (inputs' shape). Methods of this package that are not
-importable (not built yet in this checkout) are reported as unavailable instead of being faked.
+importable (not built yet in this checkout), or whose reference package is not installed, are reported as
+unavailable instead of being faked.
+
+:data:`METHOD_NAMES` run by default; :data:`OPTIONAL_METHOD_NAMES` only when named (``--methods``), because
+they do not fit the default run's budget of about ten minutes.
 """
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -20,7 +25,10 @@ __all__ = [
     "MethodSpec",
     "PassCounter",
     "METHOD_NAMES",
+    "OPTIONAL_METHOD_NAMES",
+    "ALL_METHOD_NAMES",
     "method_specs",
+    "pair_call_model",
     "unavailable_reason",
 ]
 
@@ -50,6 +58,10 @@ METHOD_NAMES = (
     "ixg",
     "random",
 )
+# Named only (``--methods xrai``): XRAI's segmentation at 224x224 costs about 0.4 s per image on one thread,
+# about 45 s more on the default 100 digits, past the default run's budget.
+OPTIONAL_METHOD_NAMES = ("xrai",)
+ALL_METHOD_NAMES = METHOD_NAMES + OPTIONAL_METHOD_NAMES
 
 Explain = Callable[[Tensor, Tensor], Tensor]
 
@@ -106,15 +118,20 @@ class MethodSpec:
     params: Dict[str, Any]
     build: Callable[[nn.Module, MethodContext], Explain]
     requires: Tuple[str, ...] = field(default_factory=tuple)
+    packages: Tuple[str, ...] = field(default_factory=tuple)  # reference packages it runs (import names)
 
 
 def unavailable_reason(spec: MethodSpec) -> Optional[str]:
-    """``None`` if every public name the method needs is exported by ``captum_paths``."""
+    """``None`` if every public name the method needs is exported by ``captum_paths`` and every reference
+    package it runs is installed."""
     import captum_paths
 
     missing = [n for n in spec.requires if not hasattr(captum_paths, n)]
     if missing:
         return f"{', '.join(missing)} is not in this build of captum_paths"
+    absent = [p for p in spec.packages if importlib.util.find_spec(p) is None]
+    if absent:
+        return f"needs the {', '.join(absent)} package (pip install 'captum_paths[benchmark]')"
     return None
 
 
@@ -397,6 +414,40 @@ def _ixg_build(model: nn.Module, ctx: MethodContext) -> Explain:
     return lambda x, target: ixg.attribute(x, target=target)
 
 
+def pair_call_model(model: nn.Module, target: int, dtype: torch.dtype, device=None) -> Callable:
+    """PAIR saliency's ``call_model_function`` for a torch image model: ``(B, H, W, C)`` numpy batches in, the
+    gradients of output ``target`` (the logit of a classifier) w.r.t. them out, computed in ``dtype``."""
+    from saliency.core.base import INPUT_OUTPUT_GRADIENTS
+
+    def call_model(batch, call_model_args=None, expected_keys=None):
+        points = torch.as_tensor(batch, dtype=dtype, device=device).permute(0, 3, 1, 2).requires_grad_()
+        with torch.enable_grad():
+            grads = torch.autograd.grad(model(points)[:, target].sum(), points)[0]
+        return {INPUT_OUTPUT_GRADIENTS: grads.permute(0, 2, 3, 1).detach().cpu().numpy()}
+
+    return call_model
+
+
+def _xrai_build(model: nn.Module, ctx: MethodContext) -> Explain:
+    # XRAI (Kapishnikov et al., ICCV 2019) as PAIR saliency 0.2.1 implements it, with its defaults: IG from
+    # a black and a white baseline (the image's minimum and maximum), 100 steps, Felzenszwalb segments
+    # computed at 224x224, the full greedy algorithm. One image per call; each baseline's 100 path points go
+    # through the model in one batch (PAIR's batch_size). The (H, W) map is shared by the image's channels.
+    from saliency.core.xrai import XRAI
+
+    xrai = XRAI()
+
+    def explain(x: Tensor, target: Tensor) -> Tensor:
+        maps = []
+        for image, label in zip(x, target.tolist()):
+            hwc = image.detach().permute(1, 2, 0).cpu().double().numpy()
+            mask = xrai.GetMask(hwc, pair_call_model(model, label, x.dtype, x.device), batch_size=100)
+            maps.append(torch.as_tensor(mask, dtype=x.dtype, device=x.device))
+        return torch.stack(maps).unsqueeze(1).expand_as(x).contiguous()
+
+    return explain
+
+
 def _random_build(model: nn.Module, ctx: MethodContext) -> Explain:
     gen = torch.Generator(device=ctx.x_reference.device).manual_seed(ctx.seed)
     return lambda x, target: torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
@@ -535,13 +586,27 @@ def _captum_specs(quick: bool) -> list:
         MethodSpec("saliency", "Saliency", {"abs": True}, _saliency_build),
         MethodSpec("ixg", "InputXGradient", {}, _ixg_build),
         MethodSpec("random", "Random", {"distribution": "U(0,1)"}, _random_build),
+        MethodSpec(
+            "xrai",
+            "XRAI",
+            {
+                "implementation": "PAIR saliency",
+                "ig_steps": 100,
+                "baselines": "image min and max",
+                "segments": "Felzenszwalb at 224x224",
+                "algorithm": "full",
+            },
+            _xrai_build,
+            packages=("saliency", "skimage"),
+        ),  # fmt: skip
     ]
 
 
 def method_specs(image_size: int, quick: bool = False) -> Dict[str, MethodSpec]:
-    """Every method with the knobs it runs with on ``image_size x image_size`` images, in table order."""
+    """Every method, the optional ones last, with the knobs it runs with on ``image_size x image_size`` images,
+    in table order."""
     large = image_size >= 128
     specs = _samp_specs(224 * 16 if large else 10)
     specs += _package_specs(_path_method_knobs(large, quick)) + _captum_specs(quick)
     by_name = {s.name: s for s in specs}
-    return {name: by_name[name] for name in METHOD_NAMES}
+    return {name: by_name[name] for name in ALL_METHOD_NAMES}

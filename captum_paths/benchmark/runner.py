@@ -45,7 +45,13 @@ from captum_paths.benchmark.data import (
 )
 from captum_paths.benchmark.distributed import DistInfo, setup
 from captum_paths.benchmark.engine import ALL_METRICS, METRICS, EvalSet, RunOptions, Workload, protocols_for
-from captum_paths.benchmark.methods import METHOD_NAMES, MethodContext, method_specs, unavailable_reason
+from captum_paths.benchmark.methods import (
+    ALL_METHOD_NAMES,
+    METHOD_NAMES,
+    MethodContext,
+    method_specs,
+    unavailable_reason,
+)
 from captum_paths.benchmark.models import (
     SampPaperCNN,
     accuracy,
@@ -168,7 +174,7 @@ def _check_methods(cfg: BenchmarkConfig) -> List[str]:
     unknown = [n for n in names if n not in specs]
     if unknown:
         raise BenchmarkError(
-            f"unknown method(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(METHOD_NAMES)}"
+            f"unknown method(s) {', '.join(map(repr, unknown))}; choose from: {', '.join(ALL_METHOD_NAMES)}"
         )
     if not names:
         raise BenchmarkError("--methods is empty")

@@ -12,7 +12,14 @@ from captum.attr import IntegratedGradients
 
 from captum_paths.benchmark.__main__ import main
 from captum_paths.benchmark.engine import MAY_BE_NAN, metric_columns
-from captum_paths.benchmark.methods import METHOD_NAMES, PassCounter, method_specs, unavailable_reason
+from captum_paths.benchmark.methods import (
+    ALL_METHOD_NAMES,
+    METHOD_NAMES,
+    OPTIONAL_METHOD_NAMES,
+    PassCounter,
+    method_specs,
+    unavailable_reason,
+)
 
 NEW_METRICS = ("sic_aic", "map_similarity", "mu_fidelity", "road")
 
@@ -68,14 +75,25 @@ def test_pass_counter_counts_forward_and_backward_rows():
 
 def test_every_method_is_registered_with_its_knobs():
     specs = method_specs(28)
-    assert tuple(specs) == METHOD_NAMES
+    assert tuple(specs) == ALL_METHOD_NAMES == METHOD_NAMES + OPTIONAL_METHOD_NAMES
+    assert OPTIONAL_METHOD_NAMES == ("xrai",) and not set(METHOD_NAMES) & set(OPTIONAL_METHOD_NAMES)
     assert specs["samp"].params["eta"] is None and specs["samp++"].params["eta"] == 0.1
     assert specs["samp++"].params["momentum"] == 0.5 and specs["samp"].params["features_per_step"] == 10
     assert specs["eg"].params["baselines"] == "training images"
     assert method_specs(224)["samp"].params["features_per_step"] == 224 * 16
     assert method_specs(224)["ggig"].params["n_iterations"] == 100
     for spec in specs.values():
-        assert unavailable_reason(spec) is None, spec.name  # every method is on main
+        assert unavailable_reason(spec) is None, spec.name  # every method is on main (PAIR is in the extras)
+
+
+def test_a_method_whose_reference_package_is_missing_is_unavailable_and_says_how_to_get_it(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "saliency" else find_spec(name))
+    reason = unavailable_reason(method_specs(28)["xrai"])
+    assert "saliency" in reason and "captum_paths[benchmark]" in reason
+    assert unavailable_reason(method_specs(28)["ig"]) is None
 
 
 @pytest.fixture(scope="module")
