@@ -601,9 +601,10 @@ class _Running:
         self.__dict__.update(fields)
 
     def keep(self, mask: Tensor) -> None:
+        kept = mask.nonzero().squeeze(1)  # one nonzero for every field (a bool index would redo it per field)
         for name, value in list(vars(self).items()):
             if isinstance(value, Tensor):
-                setattr(self, name, value[mask])
+                setattr(self, name, value.index_select(0, kept))
 
 
 class _PathRun:
@@ -755,7 +756,7 @@ class _PathRun:
         if self.sign != 1.0:
             signed.mul_(s.sign)
         # finished groups rank last (their score is 0: minus the largest float is below every other group)
-        signed.sub_(lay.finished_float(s.remaining, s.ids).mul_(torch.finfo(signed.dtype).max))
+        signed.add_(lay.finished_float(s.remaining, s.ids), alpha=-torch.finfo(signed.dtype).max)
         index = signed.topk(self.k, dim=1).indices  # finished groups only when fewer than s are left
         sel = lay.select(index, s.ids)
         r_sel = lay.take(s.remaining, sel)  # 0 on finished groups: choosing one moves nothing
