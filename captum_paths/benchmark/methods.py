@@ -58,8 +58,8 @@ METHOD_NAMES = (
     "ixg",
     "random",
 )
-# Named only (``--methods xrai``): XRAI's segmentation at 224x224 costs about 0.4 s per image on one thread,
-# about 45 s more on the default 100 digits, past the default run's budget.
+# Named only (``--methods xrai``): XRAI costs about 0.5 s per 28x28 digit on one thread (PAIR segments every
+# image at 224x224), about 50 s more on the default 100 digits, past the default run's budget.
 OPTIONAL_METHOD_NAMES = ("xrai",)
 ALL_METHOD_NAMES = METHOD_NAMES + OPTIONAL_METHOD_NAMES
 
@@ -598,7 +598,7 @@ def _captum_specs(quick: bool) -> list:
             },
             _xrai_build,
             packages=("saliency", "skimage"),
-        ),  # fmt: skip
+        ),
     ]
 
 
