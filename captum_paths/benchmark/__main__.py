@@ -85,8 +85,8 @@ def _what_flags(p: argparse.ArgumentParser) -> None:
         "--methods",
         type=_methods,
         default=None,
-        help=f"comma-separated methods (default: every available one but {', '.join(OPTIONAL_METHOD_NAMES)}, which "
-        "run only when named)",
+        help="comma-separated methods (default: every available one except those run only when named: "
+        f"{', '.join(OPTIONAL_METHOD_NAMES)})",
     )
     p.add_argument("--n-images", type=int, default=None, help="test images evaluated (default 100; 6 with --quick)")
     p.add_argument(
